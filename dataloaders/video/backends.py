@@ -1,0 +1,408 @@
+"""Decoder backends behind one reader interface.
+
+Every reader exposes ``num_frames`` and ``fps`` right after opening (enough to choose indices), and
+``get(indices)`` returns exactly those frames as uint8 RGB ``(len(indices), H, W, 3)``. A reader never
+returns a blank frame for one it could not decode: it raises VideoDecodeError.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import lmdb_format
+from .errors import EmptyVideoError, VideoDecodeError, VideoNotFoundError, describe
+
+# Fastest first, from benchmarks/bench_video_loading.py (docs/video.md). lmdb is never picked by
+# auto unless an LMDB path is given, because it serves a different (pre-extracted) frame pool.
+AUTO_ORDER = ("torchcodec", "decord", "cv2", "pyav")
+FILE_BACKENDS = ("decord", "cv2", "pyav", "torchcodec")
+ALL_BACKENDS = FILE_BACKENDS + ("lmdb",)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+
+
+class Reader:
+    """An open video. Subclasses set num_frames/fps in __init__ and implement _decode and _size."""
+
+    name = "?"
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.num_frames = 0
+        self.fps = 0.0
+
+    def fail(self, reason: str, cls=VideoDecodeError) -> VideoDecodeError:
+        return cls(self.path, f"{reason} [{self.name}]")
+
+    def _check_opened(self):
+        if self.num_frames <= 0:
+            raise self.fail("the container reports no video frames", EmptyVideoError)
+
+    def info(self) -> VideoInfo:
+        width, height = self._size()
+        return VideoInfo(int(self.num_frames), float(self.fps), int(width), int(height))
+
+    def get(self, indices: Sequence[int]) -> np.ndarray:
+        """Frames at ``indices`` (any order, repeats allowed) as uint8 (T, H, W, 3) RGB."""
+        indices = [int(i) for i in indices]
+        if not indices:
+            raise ValueError("no frame indices requested")
+        bad = [i for i in indices if not 0 <= i < self.num_frames]
+        if bad:
+            raise ValueError(f"frame index {bad[0]} outside 0..{self.num_frames - 1} for {self.path}")
+        # Decode each distinct frame once, in file order, which is what decoders are fast at.
+        wanted = sorted(set(indices))
+        try:
+            frames = self._decode(wanted)
+        except VideoDecodeError:
+            raise
+        except Exception as exc:  # library errors (decord, av, cv2) become one typed error
+            raise self.fail(f"decoding failed: {describe(exc)}") from exc
+        if len(frames) != len(wanted):
+            raise self.fail(f"decoder returned {len(frames)} frames for {len(wanted)} requested")
+        position = {idx: k for k, idx in enumerate(wanted)}
+        return np.stack([frames[position[i]] for i in indices])
+
+    def _decode(self, wanted: list[int]):
+        raise NotImplementedError
+
+    def _size(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _missing_frame(reader: Reader, index: int) -> VideoDecodeError:
+    return reader.fail(f"frame {index} of {reader.num_frames} could not be decoded "
+                       "(the file is truncated or its frame count is wrong)")
+
+
+class DecordReader(Reader):
+    name = "decord"
+
+    def __init__(self, path, threads: int = 1):
+        super().__init__(path)
+        import decord
+        try:
+            self._vr = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=threads)
+            self.num_frames = len(self._vr)
+            self.fps = float(self._vr.get_avg_fps())
+        except Exception as exc:
+            raise self.fail(f"cannot open: {describe(exc)}") from exc
+        self._check_opened()
+
+    def _decode(self, wanted):
+        return self._vr.get_batch(wanted).asnumpy()
+
+    def _size(self):
+        h, w = self._vr[0].shape[:2]
+        return w, h
+
+    def close(self):
+        self._vr = None
+
+
+class CV2Reader(Reader):
+    name = "cv2"
+
+    def __init__(self, path, threads: int = 1):
+        super().__init__(path)
+        import cv2
+        self._cv2 = cv2
+        cap = cv2.VideoCapture(self.path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, int(threads)])
+        if not cap.isOpened():
+            raise self.fail("OpenCV cannot open it (not a video, or a truncated container)")
+        self._cap = cap
+        self.num_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.fps = float(cap.get(cv2.CAP_PROP_FPS))
+        self._check_opened()
+        # Reading forward beats seeking for short gaps: a seek decodes from the previous keyframe
+        # anyway. Four seconds covers typical keyframe intervals.
+        self._seek_gap = max(16, int(4 * self.fps))
+        self._next_pos = 0  # index the next read() returns; None when unknown
+
+    def _decode(self, wanted):
+        cv2, cap = self._cv2, self._cap
+        out = []
+        for target in wanted:
+            gap = None if self._next_pos is None else target - self._next_pos
+            self._next_pos = None
+            if gap is None or gap < 0 or gap > self._seek_gap:
+                cap.set(cv2.CAP_PROP_POS_FRAMES, target)
+            else:
+                for _ in range(gap):
+                    if not cap.grab():
+                        raise _missing_frame(self, target)
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                raise _missing_frame(self, target)
+            out.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+            self._next_pos = target + 1
+        return out
+
+    def _size(self):
+        cv2 = self._cv2
+        return int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+
+    def close(self):
+        if getattr(self, "_cap", None) is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class PyAVReader(Reader):
+    """PyAV with keyframe-aware seeking: seek only when a keyframe lies between the current position
+    and the next wanted frame, otherwise keep decoding forward."""
+
+    name = "pyav"
+
+    def __init__(self, path, threads: int = 1):
+        super().__init__(path)
+        import av
+        try:
+            self._container = av.open(self.path, metadata_errors="ignore")
+        except Exception as exc:
+            raise self.fail(f"cannot open: {describe(exc)}") from exc
+        if not self._container.streams.video:
+            self.close()
+            raise self.fail("the file has no video stream", EmptyVideoError)
+        stream = self._stream = self._container.streams.video[0]
+        stream.codec_context.thread_count = int(threads)
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        self._rate = Fraction(rate) if rate else Fraction(0)
+        self.fps = float(self._rate)
+        self._time_base = Fraction(stream.time_base) if stream.time_base else None
+        self._start = stream.start_time or 0
+        self.num_frames = int(stream.frames or 0)
+        if self.num_frames <= 0 and self._rate:
+            # Containers without a frame count (mkv, webm): estimate from the duration.
+            if stream.duration and self._time_base:
+                seconds = stream.duration * self._time_base
+            else:
+                seconds = Fraction(self._container.duration or 0, 1_000_000)
+            self.num_frames = int(round(seconds * self._rate))
+        if not self._rate or self._time_base is None:
+            self.close()
+            raise self.fail("the video stream has no frame rate or time base")
+        self._check_opened()
+        self._keyframes = self._keyframe_indices()
+
+    def _index_of(self, pts: int) -> int:
+        return int(round((pts - self._start) * self._time_base * self._rate))
+
+    def _pts_of(self, index: int) -> int:
+        return int(self._start + Fraction(index) / self._rate / self._time_base)
+
+    def _keyframe_indices(self) -> list[int] | None:
+        try:
+            entries = self._stream.index_entries
+            keys = sorted({self._index_of(e.timestamp) for e in entries if e.is_keyframe})
+        except Exception:
+            return None
+        return keys or None
+
+    def _keyframe_before(self, index: int) -> int | None:
+        if not self._keyframes:
+            return None
+        pos = np.searchsorted(self._keyframes, index, side="right") - 1
+        return self._keyframes[pos] if pos >= 0 else 0
+
+    def _seek(self, index: int):
+        self._container.seek(max(self._start, self._pts_of(index)), stream=self._stream,
+                             backward=True, any_frame=False)
+        return self._container.decode(self._stream)
+
+    def _decode(self, wanted):
+        out, frames, last = [], None, None
+        from_start = False
+        for target in wanted:
+            if frames is None:
+                frames = self._seek(target)
+            elif last is not None:
+                key = self._keyframe_before(target)
+                far = (key is not None and key > last + 1) or (key is None and target - last > 4 * self.fps)
+                if far:
+                    frames = self._seek(target)
+            while True:
+                frame = next(frames, None)
+                if frame is None:
+                    raise _missing_frame(self, target)
+                if frame.pts is None:
+                    raise self.fail("a frame has no timestamp; use another backend")
+                idx = self._index_of(frame.pts)
+                if idx < target:
+                    continue
+                if idx > target:
+                    # The seek landed after the target (bad index); decode from the start once.
+                    if from_start:
+                        raise _missing_frame(self, target)
+                    from_start = True
+                    frames = self._seek(0)
+                    continue
+                out.append(frame.to_ndarray(format="rgb24"))
+                last = idx
+                break
+        return out
+
+    def _size(self):
+        ctx = self._stream.codec_context
+        return ctx.width, ctx.height
+
+    def close(self):
+        if getattr(self, "_container", None) is not None:
+            self._container.close()
+            self._container = None
+
+
+class TorchCodecReader(Reader):
+    name = "torchcodec"
+
+    def __init__(self, path, threads: int = 1):
+        super().__init__(path)
+        from torchcodec.decoders import VideoDecoder
+        try:
+            self._dec = VideoDecoder(self.path, dimension_order="NHWC", num_ffmpeg_threads=int(threads),
+                                     seek_mode="exact")
+        except Exception as exc:
+            raise self.fail(f"cannot open: {describe(exc)}") from exc
+        meta = self._dec.metadata
+        self.num_frames = int(meta.num_frames or 0)
+        self.fps = float(meta.average_fps or 0)
+        self._wh = (int(meta.width or 0), int(meta.height or 0))
+        self._check_opened()
+
+    def _decode(self, wanted):
+        return self._dec.get_frames_at(indices=list(wanted)).data.numpy()
+
+    def _size(self):
+        return self._wh
+
+
+_LMDB_ENVS: dict = {}
+
+
+def open_lmdb(lmdb_path) -> "lmdb.Environment":  # noqa: F821
+    """One read-only environment per process (LMDB handles must not cross a fork)."""
+    import lmdb
+    key = (os.path.abspath(str(lmdb_path)), os.getpid())
+    env = _LMDB_ENVS.get(key)
+    if env is None:
+        if not Path(lmdb_path).exists():
+            raise FileNotFoundError(f"LMDB not found at {lmdb_path}; build it with preprocess/frames_to_lmdb.py")
+        env = lmdb.open(str(lmdb_path), readonly=True, lock=False, readahead=False, meminit=False,
+                        max_readers=2048)
+        _LMDB_ENVS[key] = env
+    return env
+
+
+class LMDBReader(Reader):
+    """Frames pre-extracted by preprocess/frames_to_lmdb.py, served by video id (the file stem)."""
+
+    name = "lmdb"
+
+    def __init__(self, path, lmdb_path=None):
+        super().__init__(path)
+        if lmdb_path is None:
+            raise ValueError("the lmdb backend needs lmdb_path (--lmdb_path)")
+        import cv2
+        self._cv2 = cv2
+        self.video_id = Path(self.path).stem
+        self._env = open_lmdb(lmdb_path)
+        with self._env.begin() as txn:
+            raw = txn.get(lmdb_format.meta_key(self.video_id))
+        if raw is None:
+            raise self.fail(f"video id {self.video_id!r} is not in the LMDB at {lmdb_path} (extract it with "
+                            "preprocess/frames_to_lmdb.py, or see that run's failed_videos.tsv)",
+                            VideoNotFoundError)
+        self.meta = lmdb_format.loads(raw)
+        self.num_frames = int(self.meta["num_frames"])
+        self.fps = float(self.meta["fps"])
+        self._check_opened()
+
+    def _decode(self, wanted):
+        cv2, out = self._cv2, []
+        with self._env.begin(buffers=True) as txn:
+            for i in wanted:
+                buf = txn.get(lmdb_format.frame_key(self.video_id, i))
+                image = None if buf is None else cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)
+                if image is None:
+                    raise self.fail(f"stored frame {i} is missing or not a JPEG; re-extract this video")
+                out.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        return out
+
+    def _size(self):
+        return int(self.meta["width"]), int(self.meta["height"])
+
+
+_READERS = {"decord": DecordReader, "cv2": CV2Reader, "pyav": PyAVReader, "torchcodec": TorchCodecReader}
+_IMPORTS = {"decord": "decord", "cv2": "cv2", "pyav": "av", "torchcodec": "torchcodec.decoders", "lmdb": "lmdb"}
+_AVAILABLE: dict[str, bool] = {}
+
+
+def backend_available(name: str) -> bool:
+    if name not in _AVAILABLE:
+        try:
+            __import__(_IMPORTS[name])
+            _AVAILABLE[name] = True
+        except Exception:  # a broken install (missing .so) counts as unavailable, like a missing one
+            _AVAILABLE[name] = False
+    return _AVAILABLE[name]
+
+
+def available_backends() -> list[str]:
+    return [name for name in ALL_BACKENDS if backend_available(name)]
+
+
+def candidate_backends(backend: str, lmdb_path=None) -> list[str]:
+    """Backends to try in order for ``backend`` (auto expands to every installed file backend)."""
+    if backend == "auto":
+        if lmdb_path is not None:
+            return ["lmdb"]
+        names = [b for b in AUTO_ORDER if backend_available(b)]
+        if not names:
+            raise RuntimeError("no video backend is installed; pip install decord opencv-python-headless av")
+        return names
+    if backend not in ALL_BACKENDS:
+        raise ValueError(f"unknown video backend {backend!r}; choose auto or one of {', '.join(ALL_BACKENDS)}")
+    if not backend_available(backend):
+        raise RuntimeError(f"video backend {backend!r} is not installed (module {_IMPORTS[backend]!r} "
+                           "does not import); use --video_backend auto")
+    return [backend]
+
+
+def check_file(path) -> None:
+    """Fail fast, with a precise reason, on a missing or 0-byte file before any decoder sees it."""
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        raise VideoNotFoundError(path, "file not found (check --features_path and the file name)") from None
+    except OSError as exc:
+        raise VideoDecodeError(path, f"cannot stat the file: {describe(exc)}") from None
+    if size == 0:
+        raise EmptyVideoError(path, "the file is empty (0 bytes); re-download or re-encode it")
+
+
+def open_reader(path, backend: str, threads: int = 1, lmdb_path=None) -> Reader:
+    """Open ``path`` with exactly one named backend."""
+    if backend == "lmdb":
+        return LMDBReader(path, lmdb_path)
+    check_file(path)
+    return _READERS[backend](path, threads)

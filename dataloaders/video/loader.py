@@ -1,0 +1,150 @@
+"""VideoClipLoader: path -> (normalised frames, mask), index-first, with per-file backend fallback."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from .backends import VideoInfo, candidate_backends, check_file, open_reader
+from .errors import VideoDecodeError, VideoNotFoundError
+from .sampling import MODES, sample_indices
+from .transforms import AugmentConfig, eval_transform, train_transform
+
+
+def _open_any(path, backends, threads, lmdb_path, use):
+    """Run ``use(reader)`` with the first backend that can do it; a missing file is never retried."""
+    if backends != ["lmdb"]:
+        check_file(path)  # missing and 0-byte files get their precise reason, not one per backend
+    reasons = []
+    for name in backends:
+        try:
+            with open_reader(path, name, threads=threads, lmdb_path=lmdb_path) as reader:
+                return use(reader)
+        except VideoNotFoundError:
+            raise
+        except VideoDecodeError as exc:
+            if len(backends) == 1:
+                raise
+            reasons.append(exc.reason)
+    raise VideoDecodeError(path, "no backend could read it: " + "; ".join(reasons)
+                           + " (run python -m dataloaders.verify_videos to list every such file)")
+
+
+def probe(path, backend: str = "auto", lmdb_path=None, threads: int = 1) -> VideoInfo:
+    """Frame count, fps and size of a video (or, for the lmdb backend, of its stored frames)."""
+    return _open_any(path, candidate_backends(backend, lmdb_path), threads, lmdb_path, lambda r: r.info())
+
+
+class VideoClipLoader:
+    """Loads one clip for a model: ``loader(path, start, end, rng) -> (video, video_mask)``.
+
+    ``video`` is float32 (max_frames, 3, S, S), CLIP mean/std normalised; rows past the real frames
+    are 0 and ``video_mask`` (max_frames,) int64 marks real frames with 1. Failures raise
+    VideoDecodeError; a clip of zeros is never returned in place of a video.
+
+    ``train_mode`` says whether the loader feeds training: it moves the ``stride`` window to a random
+    position and lets ``train_augment`` apply. None means "training iff train_augment is set".
+    """
+
+    def __init__(self, max_frames: int = 12, image_size: int = 224, mode: str = "clip4clip",
+                 backend: str = "auto", feature_framerate: int = 1, slice_framepos: int = 2,
+                 frame_order: int = 0, train_mode: bool | None = None, train_augment: bool = False,
+                 lmdb_path=None, stride: int = 4, threads: int = 1,
+                 augment: AugmentConfig = AugmentConfig()):
+        if mode not in MODES:
+            raise ValueError(f"unknown sample mode {mode!r}; choose one of {', '.join(MODES)}")
+        if backend == "lmdb" and lmdb_path is None:
+            raise ValueError("--video_backend lmdb needs --lmdb_path (build it with preprocess/frames_to_lmdb.py)")
+        self.max_frames = int(max_frames)
+        self.image_size = int(image_size)
+        self.mode = mode
+        self.backend = backend
+        self.lmdb_path = lmdb_path
+        self.backends = candidate_backends(backend, lmdb_path)  # fail at construction if not installed
+        self.train_mode = bool(train_augment) if train_mode is None else bool(train_mode)
+        self.train_augment = bool(train_augment) and self.train_mode
+        self.augment = augment
+        self.threads = int(threads)
+        self.sampling = dict(feature_framerate=int(feature_framerate), slice_framepos=int(slice_framepos),
+                             frame_order=int(frame_order), stride=int(stride), train=self.train_mode)
+
+    @classmethod
+    def from_args(cls, args, train: bool) -> "VideoClipLoader":
+        """The training or evaluation loader described by the flags of ``add_video_args``."""
+        get = lambda name, default: getattr(args, name, default)  # noqa: E731
+        return cls(
+            max_frames=get("max_frames", 12),
+            image_size=get("image_resolution", 224),
+            mode=get("sample_mode", "clip4clip") if train else get("eval_sample_mode", "clip4clip"),
+            backend=get("video_backend", "auto"),
+            feature_framerate=get("feature_framerate", 1),
+            slice_framepos=get("slice_framepos", 2),
+            frame_order=get("train_frame_order", 0) if train else get("eval_frame_order", 0),
+            train_mode=bool(train),
+            train_augment=bool(train and get("train_augment", False)),
+            lmdb_path=get("lmdb_path", None),
+            stride=get("frame_stride", 4),
+            threads=get("decode_threads", 1),
+        )
+
+    def indices(self, num_frames: int, fps: float, start=None, end=None, rng=None) -> list[int]:
+        return sample_indices(num_frames, fps, self.max_frames, self.mode, start=start, end=end,
+                              rng=rng, **self.sampling)
+
+    def __call__(self, path, start=None, end=None, rng: np.random.Generator | None = None):
+        if rng is None and (self.train_augment or self.mode == "rand" or self.sampling["frame_order"] == 2
+                            or (self.mode == "stride" and self.train_mode)):
+            rng = np.random.default_rng()
+
+        def load(reader):
+            idx = self.indices(reader.num_frames, reader.fps, start, end, rng)
+            if not idx:
+                raise VideoDecodeError(path, f"no frames in the window start={start} end={end} s of a "
+                                             f"{reader.num_frames}-frame {reader.fps:g} fps video")
+            return reader.get(idx)
+
+        frames = _open_any(path, self.backends, self.threads, self.lmdb_path, load)
+        if self.train_augment:
+            clip = train_transform(frames, self.image_size, rng, self.augment)
+        else:
+            clip = eval_transform(frames, self.image_size)
+        video = torch.zeros(self.max_frames, 3, self.image_size, self.image_size, dtype=torch.float32)
+        mask = torch.zeros(self.max_frames, dtype=torch.long)
+        video[:len(clip)] = clip
+        mask[:len(clip)] = 1
+        return video, mask
+
+    def __repr__(self) -> str:
+        return (f"VideoClipLoader(max_frames={self.max_frames}, image_size={self.image_size}, mode={self.mode!r}, "
+                f"backend={self.backend!r}, train_mode={self.train_mode}, train_augment={self.train_augment}, "
+                f"{', '.join(f'{k}={v}' for k, v in self.sampling.items() if k != 'train')})")
+
+
+def add_video_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Video flags, with CLIP4Clip's names where CLIP4Clip has the option. A flag the parser already
+    defines (for example --max_frames from a dataset's own argument group) is left as it is."""
+    group = parser.add_argument_group("video decoding and frame sampling")
+    existing = set(parser._option_string_actions)
+
+    def add(flag, **kwargs):
+        if flag not in existing:
+            group.add_argument(flag, **kwargs)
+
+    add("--video_backend", default="auto", choices=["auto", "decord", "cv2", "pyav", "torchcodec", "lmdb"],
+        help="decoder; auto = fastest installed, falling back per file (lmdb: frames from --lmdb_path)")
+    add("--max_frames", type=int, default=12, help="frames per clip (padded and masked when shorter)")
+    add("--feature_framerate", type=int, default=1, help="clip4clip mode: frames taken per second")
+    add("--slice_framepos", type=int, default=2, choices=[0, 1, 2],
+        help="clip4clip mode, more than max_frames candidates: 0 head, 1 tail, 2 uniform")
+    add("--train_frame_order", type=int, default=0, choices=[0, 1, 2], help="0 normal, 1 reverse, 2 shuffle")
+    add("--eval_frame_order", type=int, default=0, choices=[0, 1, 2], help="0 normal, 1 reverse, 2 shuffle")
+    add("--image_resolution", type=int, default=224, help="frame side after resize and crop")
+    add("--sample_mode", default="clip4clip", choices=list(MODES), help="training frame sampling")
+    add("--eval_sample_mode", default="clip4clip", choices=list(MODES), help="evaluation frame sampling")
+    add("--frame_stride", type=int, default=4, help="stride mode: frames between samples")
+    add("--train_augment", action="store_true",
+        help="random resized crop, flip and colour jitter, the same for every frame of a clip")
+    add("--lmdb_path", default=None, help="frame LMDB from preprocess/frames_to_lmdb.py")
+    add("--decode_threads", type=int, default=1, help="decoder threads per DataLoader worker")
+    return parser
