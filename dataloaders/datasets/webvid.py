@@ -1,0 +1,30 @@
+"""WebVid (pre-training): ``results_2M_train.csv`` / ``results_2M_val.csv`` (or --train_csv /
+--val_csv, e.g. the 10M file) with columns videoid, contentUrl, duration, page_dir, name; ``name`` is
+the caption. Videos are ``<page_dir>/<videoid>.mp4`` under --features_path (or under its ``videos/``
+sub-folder when there is one). No test split."""
+from __future__ import annotations
+
+import pandas as pd
+
+from dataloaders.base import VideoRecord
+from dataloaders.datasets.common import AnnotationParser
+from dataloaders.datasets.registry import register_dataset
+
+COLUMNS = ["videoid", "page_dir", "name"]
+
+
+@register_dataset("webvid")
+class WebVidParser(AnnotationParser):
+    splits = ("train", "val")
+    expected_files = "results_2M_train.csv, results_2M_val.csv (columns videoid, contentUrl, duration, page_dir, name)"
+
+    def records(self, split: str) -> list[VideoRecord]:
+        flag, default = (self.args.train_csv, "results_2M_train.csv") if split == "train" else (self.args.val_csv, "results_2M_val.csv")
+        path = self.require(self.file(flag, default), "columns videoid, contentUrl, duration, page_dir, name")
+        header = pd.read_csv(path, nrows=0).columns
+        if not set(COLUMNS) <= set(header):
+            raise self.error(f"{path} has columns {', '.join(header)}; expected videoid, contentUrl, duration, page_dir, name")
+        table = pd.read_csv(path, usecols=COLUMNS, dtype=str, keep_default_na=False)
+        root = self.features_path / "videos" if (self.features_path / "videos").is_dir() else self.features_path
+        return [VideoRecord(vid, str(root / page / f"{vid}.mp4"), [caption])
+                for vid, page, caption in zip(table["videoid"], table["page_dir"], table["name"])]

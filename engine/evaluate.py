@@ -1,0 +1,202 @@
+"""Retrieval evaluation against the head interface:
+
+* ``model.encode_text(text_ids, text_mask) -> features``
+* ``model.encode_video(video, video_mask) -> features``
+* ``model.similarity(text_features, video_features) -> (Nt, Nv) scores``
+
+Features are a tensor or a tuple of tensors, batch in dim 0. Captions and videos are encoded by two
+separate loaders, each item once; scores are then produced tile by tile (``modules.metrics``), so
+memory stays bounded for any gallery size. Raw numbers are always computed; DSL and QB-Norm are
+added beside them when asked for.
+
+For sharded evaluation later: ``encode_split`` accepts samplers and ``encode`` returns each feature
+row with its dataset index, so gathered shards can be put back in order (duplicates dropped).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from modules import metrics as M
+
+Features = Any  # Tensor or tuple of Tensors, batch in dim 0
+
+
+def concat_features(parts: Sequence[Features]) -> Features:
+    if isinstance(parts[0], (tuple, list)):
+        return tuple(torch.cat([p[i] for p in parts], 0) for i in range(len(parts[0])))
+    return torch.cat(list(parts), 0)
+
+
+def select_features(features: Features, index: torch.Tensor) -> Features:
+    if isinstance(features, (tuple, list)):
+        return tuple(f.index_select(0, index.to(f.device)) for f in features)
+    return features.index_select(0, index.to(features.device))
+
+
+def feature_count(features: Features) -> int:
+    return (features[0] if isinstance(features, (tuple, list)) else features).shape[0]
+
+
+def put_in_order(features: Features, indices: torch.Tensor, total: int) -> Features:
+    """Rows sorted by dataset index, one per index (a sharded sampler may pad with repeats)."""
+    order = torch.argsort(indices, stable=True)
+    sorted_idx = indices[order]
+    first = torch.ones_like(sorted_idx, dtype=torch.bool)
+    first[1:] = sorted_idx[1:] != sorted_idx[:-1]
+    keep = order[first]
+    if int(first.sum()) != total or not torch.equal(indices[keep].cpu(), torch.arange(total)):
+        raise RuntimeError(f"encoded {int(first.sum())} distinct items, expected {total}")
+    return select_features(features, keep)
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def encode(model, loader: DataLoader, side: str, device) -> tuple[Features, torch.Tensor]:
+    """Encode every item of a caption or video loader; returns (features, dataset indices)."""
+    parts, indices = [], []
+    for batch in loader:
+        batch = _to_device(batch, device)
+        if side == "text":
+            parts.append(model.encode_text(batch["text_ids"], batch["text_mask"]))
+            indices.append(batch["caption_index"].cpu())
+        else:
+            parts.append(model.encode_video(batch["video"], batch["video_mask"]))
+            indices.append(batch["video_index"].cpu())
+    return concat_features(parts), torch.cat(indices)
+
+
+def _loader(dataset, args, sampler: Sampler | None) -> DataLoader:
+    return DataLoader(dataset, batch_size=args.batch_size_val, shuffle=False, sampler=sampler,
+                      num_workers=args.num_thread_reader, pin_memory=False)
+
+
+@dataclass
+class EncodedSplit:
+    text: Features
+    video: Features
+    caption_to_video: torch.Tensor
+    num_videos: int
+
+    @property
+    def num_captions(self) -> int:
+        return self.caption_to_video.numel()
+
+
+def encode_captions(model, dataset, args, device=None, sampler: Sampler | None = None) -> Features:
+    """Features of every caption of ``dataset`` (e.g. the training captions, as QB-Norm's bank)."""
+    device = device or _model_device(model)
+    feats, idx = encode(model, _loader(dataset.text_dataset(), args, sampler), "text", device)
+    return put_in_order(feats, idx, dataset.num_captions)
+
+
+def encode_split(model, dataset, args, device=None, text_sampler: Sampler | None = None,
+                 video_sampler: Sampler | None = None) -> EncodedSplit:
+    device = device or _model_device(model)
+    text = encode_captions(model, dataset, args, device, text_sampler)
+    video, video_idx = encode(model, _loader(dataset.video_dataset(), args, video_sampler), "video", device)
+    return EncodedSplit(text, put_in_order(video, video_idx, dataset.num_videos),
+                        dataset.caption_to_video.clone(), dataset.num_videos)
+
+
+def _model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def similarity_tiles(model, text: Features, video: Features) -> M.TileFn:
+    @torch.no_grad()
+    def tile(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        return model.similarity(select_features(text, rows), select_features(video, cols))
+
+    return tile
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    table: str
+    qb_norm_grid: list[dict] = field(default_factory=list)
+
+
+def choose_qb_norm_params(model, val: EncodedSplit, bank: Features, args) -> tuple[float, int, list[dict]]:
+    """QB-Norm's beta and k, chosen by T2V R1 on the validation split (never on test)."""
+    return M.select_qb_norm(similarity_tiles(model, val.text, val.video), val.caption_to_video, val.num_videos,
+                            similarity_tiles(model, bank, val.video), feature_count(bank), args.qb_norm_betas,
+                            args.qb_norm_topk, args.qb_norm_min_hits, args.eval_tile_elements)
+
+
+@torch.no_grad()
+def evaluate_encoded(model, encoded: EncodedSplit, args, *, bank: Features | None = None,
+                     qb_norm_params: tuple[float, int] | None = None, split: str = "test") -> EvalResult:
+    """Metrics from already encoded features: raw, then DSL / QB-Norm when enabled."""
+    tiles = similarity_tiles(model, encoded.text, encoded.video)
+    tile_elements = args.eval_tile_elements
+    counts = M.count_ranks(tiles, encoded.caption_to_video, encoded.num_videos,
+                           count_ties=args.legacy_metrics, tile_elements=tile_elements)
+    results = M.summarise(counts.ranks(args.legacy_metrics))
+    results.update({"num_captions": float(encoded.num_captions), "num_videos": float(encoded.num_videos)})
+    notes = [f"{split}: {encoded.num_captions} captions x {encoded.num_videos} videos; rank = 1 + #strictly higher"
+             if not args.legacy_metrics else f"{split}: ties counted by CLIP4Clip's equality search (--legacy_metrics)"]
+
+    if args.dsl:
+        t2v, v2t = M.dsl_transforms(tiles, encoded.num_captions, encoded.num_videos, args.dsl_temperature, tile_elements)
+        dsl_counts = M.count_ranks(tiles, encoded.caption_to_video, encoded.num_videos, t2v_transform=t2v,
+                                   v2t_transform=v2t, tile_elements=tile_elements)
+        results.update(M.summarise(dsl_counts.ranks(), prefix="dsl/"))
+        notes.append(f"dsl: S * softmax({args.dsl_temperature:g} * S over queries) * N (post-processing over all test queries)")
+
+    if args.qb_norm:
+        if bank is None or qb_norm_params is None:
+            raise ValueError("QB-Norm needs the bank features and (beta, k) chosen on the validation split")
+        beta, k = qb_norm_params
+        ranks, _ = M.qb_norm_t2v_ranks(tiles, encoded.caption_to_video, encoded.num_videos,
+                                       similarity_tiles(model, bank, encoded.video), feature_count(bank), beta, k,
+                                       args.qb_norm_min_hits, tile_elements)
+        results.update(M.summarise({"t2v": ranks}, prefix="qbnorm/"))
+        results.update({"qbnorm/beta": float(beta), "qbnorm/k": float(k), "qbnorm/bank_size": float(feature_count(bank))})
+        notes.append(f"qbnorm: beta={beta:g} k={k} min_hits={args.qb_norm_min_hits}, bank = {feature_count(bank)} "
+                     "training captions, beta/k chosen on the validation split")
+    return EvalResult(results, M.format_table(results, title="\n".join(notes)))
+
+
+@torch.no_grad()
+def evaluate_retrieval(model, dataset, args, *, device=None, bank: Features | None = None,
+                       qb_norm_params: tuple[float, int] | None = None, text_sampler: Sampler | None = None,
+                       video_sampler: Sampler | None = None) -> EvalResult:
+    """Encode ``dataset`` (each caption and each video once) and compute its metrics."""
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        encoded = encode_split(model, dataset, args, device, text_sampler, video_sampler)
+        return evaluate_encoded(model, encoded, args, bank=bank, qb_norm_params=qb_norm_params, split=dataset.split)
+    finally:
+        if was_training:
+            model.train()
+
+
+def prepare_qb_norm(model, train_dataset, val_dataset, args, device=None) -> tuple[Features, tuple[float, int], list[dict]]:
+    """Encode the query bank (training captions, the first --qb_norm_bank_size of them if set) and
+    choose (beta, k) on the validation split. Returns (bank, (beta, k), grid rows)."""
+    from torch.utils.data import Subset
+
+    if val_dataset is None or val_dataset.split == "test":
+        raise ValueError("QB-Norm's beta and k are chosen on a validation split, never on test: "
+                         "use a benchmark with a val split or --val_from_train")
+    device = device or _model_device(model)
+    captions = train_dataset.text_dataset()
+    size = min(args.qb_norm_bank_size or len(captions), len(captions))
+    feats, idx = encode(model, _loader(Subset(captions, range(size)), args, None), "text", device)
+    bank = put_in_order(feats, idx, size)
+    val = encode_split(model, val_dataset, args, device)
+    beta, k, grid = choose_qb_norm_params(model, val, bank, args)
+    return bank, (beta, k), grid

@@ -1,0 +1,143 @@
+"""Command-line flags, grouped by concern, with CLIP4Clip's names where they exist.
+
+``build_parser()`` assembles the groups; ``parse_args(argv)`` also reads ``--config FILE.yaml``, in which
+every key is a flag name (without dashes) and anything given on the command line wins.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+
+def _fraction_or_count(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return number
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from dataloaders.datasets import list_datasets
+
+    group = parser.add_argument_group("data")
+    group.add_argument("--datatype", default="msrvtt", choices=list_datasets(), help="benchmark / annotation format")
+    group.add_argument("--data_path", default=None,
+                       help="folder with the annotation files (for msrvtt also the path of MSRVTT_data.json)")
+    group.add_argument("--features_path", default=None, help="folder with the videos (default: --data_path)")
+    group.add_argument("--train_csv", default=None,
+                       help="msrvtt: training list (default MSRVTT_train.9k.csv); webvid/csv/jsonl: training annotations")
+    group.add_argument("--val_csv", default=None,
+                       help="msrvtt: the 1k-A test csv (default MSRVTT_JSFUSION_test.csv, CLIP4Clip's naming); "
+                            "webvid/csv/jsonl: validation annotations")
+    group.add_argument("--test_csv", default=None, help="csv/jsonl: test annotations (default test.csv / test.jsonl)")
+    group.add_argument("--msrvtt_protocol", default="1k-A", choices=["1k-A", "full"],
+                       help="msrvtt: 1k-A (9k/7k train, JSFusion 1k test) or full (json split field, 2,990 x 20 test)")
+    group.add_argument("--expand_msrvtt_sentences", action="store_true",
+                       help="msrvtt training: every (caption, video) pair per epoch instead of one random caption per video")
+    group.add_argument("--max_words", type=int, default=32, help="text tokens incl. start/end (64 for paragraphs)")
+    group.add_argument("--language", default="english", choices=["english", "chinese"], help="vatex captions: enCap or chCap")
+    group.add_argument("--max_decode_failures", type=int, default=None,
+                       help="training stops once more videos than this fail to decode (default: use the fraction)")
+    group.add_argument("--max_decode_failure_fraction", type=_fraction_or_count, default=0.01,
+                       help="as --max_decode_failures, as a fraction of the training videos")
+    return parser
+
+
+def add_video_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from dataloaders.video import add_video_args as add
+
+    add(parser)
+    return parser
+
+
+def add_selection_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    group = parser.add_argument_group("model selection")
+    group.add_argument("--val_from_train", type=int, default=None,
+                       help="hold out N training videos (smallest SHA-1 of the id) as a validation split to select on; "
+                            "only for benchmarks without one (msrvtt 1k-A, activitynet)")
+    group.add_argument("--select_on_test", action="store_true",
+                       help="keep the epoch that is best on TEST (parity with published numbers only)")
+    return parser
+
+
+def add_eval_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--batch_size_val", type=int, default=64, help="captions / videos per evaluation batch")
+    group.add_argument("--num_thread_reader", type=int, default=1, help="data loader workers")
+    group.add_argument("--legacy_metrics", action="store_true",
+                       help="count ranks by CLIP4Clip's equality search (ties give several entries); square sets only")
+    group.add_argument("--eval_tile_elements", type=int, default=1 << 24,
+                       help="scores per similarity tile when ranking (memory bound of evaluation)")
+    group.add_argument("--dsl", action="store_true", help="also report dual-softmax (DSL) post-processed numbers")
+    group.add_argument("--dsl_temperature", type=float, default=1.0,
+                       help="DSL: softmax(T * score); the score is whatever model.similarity returns")
+    group.add_argument("--qb_norm", action="store_true",
+                       help="also report QB-Norm (bank = training captions; beta, k chosen on the validation split)")
+    group.add_argument("--qb_norm_betas", type=float, nargs="+", default=[1.0, 2.0, 5.0, 10.0, 20.0, 50.0],
+                       help="QB-Norm beta grid searched on the validation split")
+    group.add_argument("--qb_norm_topk", type=int, nargs="+", default=[1], help="QB-Norm k grid (activation set)")
+    group.add_argument("--qb_norm_min_hits", type=int, default=1,
+                       help="QB-Norm: a video is active when at least this many bank queries have it in their top k")
+    group.add_argument("--qb_norm_bank_size", type=int, default=None,
+                       help="QB-Norm: use the first N training captions as the bank (default all)")
+    return parser
+
+
+def add_run_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    group = parser.add_argument_group("run")
+    group.add_argument("--config", default=None, help="YAML file of flag: value; the command line overrides it")
+    group.add_argument("--output_dir", default=None, help="logs, metrics, checkpoints and data reports go here")
+    group.add_argument("--seed", type=int, default=42)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Text-video retrieval with CLIP", allow_abbrev=False)
+    for add in (add_run_args, add_data_args, add_video_args, add_selection_args, add_eval_args):
+        add(parser)
+    return parser
+
+
+def config_to_argv(parser: argparse.ArgumentParser, config: dict, source: str) -> list[str]:
+    """Turn {flag: value} into command-line tokens, so types and choices are checked as usual."""
+    by_dest = {action.dest: action for action in parser._actions if action.option_strings}
+    argv: list[str] = []
+    for key, value in config.items():
+        action = by_dest.get(key)
+        if action is None or key == "config":
+            parser.error(f"{source}: unknown key {key!r} (not a flag of this program)")
+        flag = action.option_strings[0]
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            if not isinstance(value, bool):
+                parser.error(f"{source}: {key} is a switch; use true or false, not {value!r}")
+            if value != action.default:
+                argv.append(flag)
+        elif value is None:
+            continue
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, *map(str, value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    parser = parser or build_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    argv = list(argv) if argv is not None else None
+    if known.config:
+        path = Path(known.config)
+        if not path.is_file():
+            parser.error(f"--config {path}: no such file")
+        config = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(config, dict):
+            parser.error(f"{path}: expected a mapping of flag: value")
+        command_line = argv if argv is not None else sys.argv[1:]
+        argv = config_to_argv(parser, config, str(path)) + list(command_line)
+    return parser.parse_args(argv)
