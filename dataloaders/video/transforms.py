@@ -19,7 +19,11 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def to_uint8_batch(frames) -> torch.Tensor:
     """uint8 (T, H, W, 3) array or tensor -> uint8 (T, 3, H, W) tensor (a view, no copy)."""
-    x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
+    if not isinstance(frames, torch.Tensor):
+        frames = np.ascontiguousarray(frames)
+        if not frames.flags.writeable:  # torch warns on read-only arrays (e.g. np.asarray(PIL image))
+            frames = frames.copy()
+    x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(frames)
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"expected uint8 frames of shape (T, H, W, 3), got {tuple(x.shape)} {x.dtype}")
     return x.permute(0, 3, 1, 2)
