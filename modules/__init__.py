@@ -1,0 +1,8 @@
+"""UniVTR models: the CLIP backbone (``modules.clip``), method heads (``modules.heads``), metrics."""
+
+
+def build_model(args):
+    """The model (a ``RetrievalHead`` holding CLIP) for a set of parsed flags."""
+    from modules.factory import build_model as _build
+
+    return _build(args)

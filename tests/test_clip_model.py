@@ -44,11 +44,11 @@ def test_encode_shapes_and_logit_scale():
     torch.manual_seed(0)
     model = build_clip("tiny").eval()
     ids, mask = tokenize(["a dog runs", "a cat"], max_words=16)
-    assert model.encode_text(ids, mask).shape == (2, 32)
+    assert model.encode_text(ids, mask).shape == (2, 64)
     pooled, tokens = model.encode_text(ids, return_tokens=True)
-    assert tokens.shape == (2, 16, 32)
-    assert torch.allclose(pooled, tokens[torch.arange(2), ids.argmax(-1)])
-    assert model.encode_image(torch.randn(3, 3, 32, 32)).shape == (3, 32)
+    assert tokens.shape == (2, 16, 64)
+    torch.testing.assert_close(pooled, tokens[torch.arange(2), ids.argmax(-1)], atol=1e-5, rtol=1e-5)
+    assert model.encode_image(torch.randn(3, 3, 32, 32)).shape == (3, 64)
     assert model.logit_scale.item() == pytest.approx(torch.log(torch.tensor(1 / 0.07)).item())
     with pytest.raises(ValueError, match="built for 32x32"):
         model.encode_image(torch.randn(1, 3, 64, 64))
@@ -83,7 +83,7 @@ def features(out):
 
 
 PARITY_SHAPES = {
-    "tiny": dict(vision_width=64, vision_heads=2, patch=8, image=32, text_width=64, text_heads=2, layers=2, embed=32),
+    "tiny": dict(vision_width=64, vision_heads=2, patch=8, image=32, text_width=64, text_heads=2, layers=2, embed=64),
     "vit-b32-shallow": dict(vision_width=768, vision_heads=12, patch=32, image=224, text_width=512, text_heads=8,
                             layers=2, embed=512),
 }
@@ -212,7 +212,7 @@ def test_taps_and_joint_attention_across_frames():
         joint, joint_taps = model.encode_frames(video, taps=(1,), joint_last_n=1)
         joint_changed, _ = model.encode_frames(changed, joint_last_n=1)
         images = model.encode_image(video.flatten(0, 1)).view(2, 4, -1)
-    assert per_frame.shape == (2, 4, 32) and taps[1].shape == (2, 4, 17, 64)
+    assert per_frame.shape == (2, 4, 64) and taps[1].shape == (2, 4, 17, 64)
     torch.testing.assert_close(per_frame, images)
     # Without joint blocks other frames are untouched; with them frame 0 sees frame 3.
     torch.testing.assert_close(per_frame_changed[:, :3], per_frame[:, :3])

@@ -26,6 +26,7 @@ class VisionTransformer(nn.Module):
         self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio)
         self.ln_post = LayerNorm(cfg.width)
         self.proj = nn.Parameter(torch.empty(cfg.width, embed_dim))
+        self.conv2: nn.Conv3d | None = None  # set by enable_3d_patch()
 
     def init_weights(self) -> None:
         scale = self.cfg.width ** -0.5
@@ -35,9 +36,30 @@ class VisionTransformer(nn.Module):
         nn.init.kaiming_uniform_(self.conv1.weight, a=math.sqrt(5))
         self.transformer.init_weights()
 
-    def embed(self, images: Tensor) -> Tensor:
+    def enable_3d_patch(self) -> None:
+        """CLIP4Clip's ``--linear_patch 3d``: a (3, p, p) Conv3d over neighbouring frames, initialised so
+        that it starts equal to the 2-D patch embedding (the centre slice holds conv1, the others 0)."""
+        weight = self.conv1.weight
+        self.conv2 = nn.Conv3d(3, self.cfg.width, kernel_size=(3, self.cfg.patch_size, self.cfg.patch_size),
+                               stride=(1, self.cfg.patch_size, self.cfg.patch_size), padding=(1, 0, 0), bias=False,
+                               device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            self.conv2.weight.zero_()
+            self.conv2.weight[:, :, 1] = weight
+
+    def patchify(self, images: Tensor, num_frames: int | None = None) -> Tensor:
+        """(N, 3, H, W) -> patch tokens (N, P, width); with a 3-D patch, N = videos x ``num_frames``."""
+        images = images.to(self.conv1.weight.dtype)
+        if self.conv2 is not None and num_frames:
+            clips = images.unflatten(0, (-1, num_frames)).transpose(1, 2)  # (B, 3, T, H, W)
+            grid = self.conv2(clips).transpose(1, 2).flatten(0, 1)  # (B*T, width, h, w)
+        else:
+            grid = self.conv1(images)
+        return grid.flatten(2).transpose(1, 2)
+
+    def embed(self, images: Tensor, num_frames: int | None = None) -> Tensor:
         """(N, 3, H, W) -> tokens (N, 1 + P, width): [CLS | patches] + positions, after ln_pre."""
-        patches = self.conv1(images.to(self.conv1.weight.dtype)).flatten(2).transpose(1, 2)
+        patches = self.patchify(images, num_frames)
         cls = self.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
         tokens = torch.cat([cls, patches], dim=1)
         if tokens.shape[1] != self.positional_embedding.shape[0]:
@@ -51,9 +73,11 @@ class VisionTransformer(nn.Module):
         """ln_post then the projection, for any token tensor (..., width) -> (..., embed_dim)."""
         return self.ln_post(tokens) @ self.proj
 
-    def forward(self, images: Tensor, hooks: Sequence[BlockHook] = (), return_tokens: bool = False):
-        """Image features (N, D) from the CLS token; with ``return_tokens`` also every token projected."""
-        tokens = self.transformer(self.embed(images), hooks=hooks)
+    def forward(self, images: Tensor, hooks: Sequence[BlockHook] = (), return_tokens: bool = False,
+                num_frames: int | None = None):
+        """Image features (N, D) from the CLS token; with ``return_tokens`` also every token projected.
+        ``num_frames`` tells a 3-D patch embedding how the N images group into videos."""
+        tokens = self.transformer(self.embed(images, num_frames), hooks=hooks)
         if return_tokens:
             projected = self.project(tokens)
             return projected[:, 0], projected
@@ -145,7 +169,7 @@ class CLIP(nn.Module):
         if joint_last_n:
             depth = self.config.vision.layers
             all_hooks.append(JointFrames(frames, depth - joint_last_n, depth - 1))
-        features = self.visual(video.flatten(0, 1), hooks=all_hooks)
+        features = self.visual(video.flatten(0, 1), hooks=all_hooks, num_frames=frames)
         # Per-frame (B*T, N, W) and joint (B, T*N, W) token layouts both regroup to (B, T, N, W).
         tapped = {i: x.reshape(batch, frames, -1, x.shape[-1]) for i, x in tap.tokens.items()}
         return features.view(batch, frames, -1), tapped

@@ -1,0 +1,92 @@
+"""``build_model(args)``: CLIP backbone + the chosen method head, from the command-line flags."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+
+from modules.clip import build_clip, list_architectures, load_clip
+from modules.clip.loading import CheckpointError, read_state_dict, to_our_layout
+from modules.heads import RetrievalHead, get_head, list_heads
+
+log = logging.getLogger(__name__)
+
+# Always trained under CLIP4Clip's --freeze_layer_num: the output norms and projections.
+_TOP_LAYERS = ("text.ln_final.", "text.proj", "logit_scale", "visual.ln_post.", "visual.proj", "visual.conv2.")
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    g = parser.add_argument_group("model")
+    g.add_argument("--pretrained_clip_name", default="ViT-B/32",
+                   help="OpenAI name (ViT-B/32, ViT-B/16, ViT-L/14) or a path to .pt / HF folder / .safetensors")
+    g.add_argument("--pretrained_dir", default=None, help="folder searched first for ViT-B-32.pt etc.")
+    g.add_argument("--clip_init", choices=("pretrained", "random"), default="pretrained",
+                   help="random: build --pretrained_clip_name's architecture (e.g. 'tiny') with random weights")
+    g.add_argument("--sim_header", default="meanP", help="CLIP4Clip head: meanP, seqLSTM, seqTransf, tightTransf")
+    g.add_argument("--method", default=None, help=f"method head (default: --sim_header); one of {list_heads()}")
+    g.add_argument("--loose_type", action="store_true", help="accepted for CLIP4Clip commands (implied by dual heads)")
+    g.add_argument("--linear_patch", choices=("2d", "3d"), default="2d")
+    g.add_argument("--freeze_layer_num", type=int, default=0,
+                   help="CLIP4Clip semantics: freeze CLIP blocks below N and every embedding (token, patch, "
+                        "positions, ln_pre); -1 trains all of CLIP")
+    g.add_argument("--cross_num_hidden_layers", type=int, default=4, help="temporal / cross transformer depth")
+    g.add_argument("--max_position_embeddings", type=int, default=128, help="frame positions of seqTransf")
+    g.add_argument("--init_model", default=None, help="initial weights: a UniVTR or CLIP4Clip pytorch_model.bin.N")
+    g.add_argument("--grad_checkpointing", action="store_true")
+    return parser
+
+
+def freeze_clip_layers(model: RetrievalHead, freeze_layer_num: int) -> int:
+    """CLIP4Clip's rule; returns the number of frozen parameters."""
+    if freeze_layer_num < 0:
+        return 0
+    frozen = 0
+    for name, param in model.clip.named_parameters():
+        if name.startswith(_TOP_LAYERS):
+            continue
+        if ".resblocks." in name and int(name.split(".resblocks.")[1].split(".")[0]) >= freeze_layer_num:
+            continue
+        param.requires_grad_(False)
+        frozen += param.numel()
+    return frozen
+
+
+def load_init_model(model: RetrievalHead, path: str) -> None:
+    """Weights of a finished run (ours or CLIP4Clip's ``pytorch_model.bin.N``) into ``model``."""
+    state, fmt, _ = read_state_dict(path)
+    if "model" in state and isinstance(state["model"], dict):  # a UniVTR training checkpoint
+        state = state["model"]
+    clip_state = to_our_layout(state, fmt)
+    heads_state = {k: v for k, v in state.items() if not k.startswith("clip.")}
+    merged = {f"clip.{k}": v for k, v in clip_state.items()} | heads_state
+    missing, unexpected = model.load_state_dict(merged, strict=False)
+    if unexpected:
+        raise CheckpointError(f"{path}: weights the {model.head_name} head does not have: {unexpected[:8]}")
+    if missing:
+        log.warning("%s: %d tensors not in the checkpoint keep their initial values: %s", path, len(missing), missing[:8])
+
+
+def build_model(args) -> RetrievalHead:
+    """The model for a set of flags: CLIP (pretrained or random), the method head, freezing, options."""
+    name = getattr(args, "method", None) or args.sim_header
+    head_cls = get_head(name)
+    if args.clip_init == "random":
+        if args.pretrained_clip_name.replace("/", "-") not in [a.replace("/", "-") for a in list_architectures()]:
+            raise ValueError(f"--clip_init random needs an architecture name, one of {list_architectures()}")
+        clip = build_clip(args.pretrained_clip_name)
+    else:
+        clip = load_clip(args.pretrained_clip_name, pretrained_dir=getattr(args, "pretrained_dir", None))
+    if getattr(args, "linear_patch", "2d") == "3d":
+        clip.visual.enable_3d_patch()
+    model = head_cls(clip, args)
+    if getattr(args, "init_model", None):
+        load_init_model(model, args.init_model)
+    freeze_clip_layers(model, getattr(args, "freeze_layer_num", -1))
+    if getattr(args, "grad_checkpointing", False):
+        clip.set_grad_checkpointing(True)
+    return model
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,131 @@
+"""One interface for every retrieval method, and the registry that names them.
+
+A method is a ``RetrievalHead`` subclass in its own file under ``modules/heads/``, registered with
+``@register_head("name")``. The engine only ever calls:
+
+* ``encode_text(text_ids, text_mask)`` and ``encode_video(video, video_mask)`` -> features: a tensor
+  or a tuple of tensors, batch first. The engine gathers them across ranks and evaluates in chunks.
+* ``similarity(text_features, video_features)`` -> (Nt, Nv) scores before the logit scale.
+* ``compute_loss(text_features, video_features)`` -> {"loss": ..., other named terms} on the (gathered)
+  batch, rows = texts, ground truth on the diagonal.
+* ``param_groups(args)`` -> optimiser groups (CLIP at lr x coef_lr, new modules at lr).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from modules.clip import CLIP
+
+HEADS: dict[str, type["RetrievalHead"]] = {}
+
+
+def register_head(name: str) -> Callable[[type], type]:
+    def add(cls: type) -> type:
+        if name in HEADS:
+            raise ValueError(f"a head named {name!r} is already registered ({HEADS[name].__name__})")
+        HEADS[name] = cls
+        cls.head_name = name
+        return cls
+
+    return add
+
+
+def list_heads() -> list[str]:
+    return sorted(HEADS)
+
+
+def get_head(name: str) -> type["RetrievalHead"]:
+    if name not in HEADS:
+        raise ValueError(f"unknown method/head {name!r}; available: {', '.join(list_heads())}")
+    return HEADS[name]
+
+
+def symmetric_infonce(logits: Tensor) -> Tensor:
+    """½ (CE over rows + CE over columns) with the diagonal as target (CLIP4Clip's loss, both directions)."""
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def normalise(x: Tensor) -> Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over dim 1 of (B, T, D) using a (B, T) 0/1 mask; a row with no valid entry is an error upstream."""
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+class RetrievalHead(nn.Module):
+    """Base class: CLIP plus whatever the method adds. Subclasses override the encoders they change."""
+
+    head_name = "base"
+
+    def __init__(self, clip: CLIP, args=None):
+        super().__init__()
+        self.clip = clip
+        self.args = args
+
+    # -- what the engine calls ------------------------------------------------------------------
+    def encode_text(self, text_ids: Tensor, text_mask: Tensor):
+        return self.clip.encode_text(text_ids, text_mask)
+
+    def encode_video(self, video: Tensor, video_mask: Tensor):
+        raise NotImplementedError
+
+    def similarity(self, text_features, video_features) -> Tensor:
+        return normalise(text_features) @ normalise(video_features).t()
+
+    def logit_scale(self) -> Tensor:
+        return self.clip.logit_scale.exp()
+
+    def compute_loss(self, text_features, video_features) -> dict[str, Tensor]:
+        logits = self.logit_scale() * self.similarity(text_features, video_features)
+        return {"loss": symmetric_infonce(logits)}
+
+    def new_module_names(self) -> Sequence[str]:
+        """Top-level children created by the method (trained at the full lr); everything under ``clip``
+        trains at lr x coef_lr."""
+        return [name for name, _ in self.named_children() if name != "clip"]
+
+    def param_groups(self, lr: float, coef_lr: float, weight_decay: float) -> list[dict]:
+        """AdamW groups: CLIP at lr x coef_lr, new modules at lr; biases, norms, embeddings-as-gains and
+        1-D parameters (LayerNorm weights, logit scale) get no weight decay."""
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            is_clip = name.startswith("clip.")
+            no_decay = param.ndim < 2 or name.endswith(".bias") or "ln_" in name or "norm" in name.lower()
+            groups.setdefault((is_clip, no_decay), []).append((name, param))
+        out = []
+        for (is_clip, no_decay), named in sorted(groups.items()):
+            out.append({
+                "params": [p for _, p in named],
+                "names": [n for n, _ in named],
+                "lr": lr * coef_lr if is_clip else lr,
+                "weight_decay": 0.0 if no_decay else weight_decay,
+                "group": ("clip" if is_clip else "new") + ("_no_decay" if no_decay else ""),
+            })
+        return out
+
+    def clamp_logit_scale(self, max_value: float = 4.6052) -> None:
+        """CLIP4Clip clamps the learnable temperature at ln 100 after each step."""
+        with torch.no_grad():
+            self.clip.logit_scale.clamp_(0, max_value)
+
+    def frame_features(self, video: Tensor, video_mask: Tensor | None = None) -> Tensor:
+        """(B, T, 3, H, W) -> per-frame CLIP features (B, T, D); padded frames (mask 0) are not encoded
+        (their rows are 0) unless a 3-D patch needs the whole clip."""
+        if video_mask is None or bool(video_mask.all()) or self.clip.visual.conv2 is not None:
+            frames, _ = self.clip.encode_frames(video)
+            return frames
+        valid = video_mask.bool()
+        encoded = self.clip.encode_image(video[valid])
+        frames = encoded.new_zeros(*video.shape[:2], encoded.shape[-1])
+        frames[valid] = encoded
+        return frames
