@@ -148,9 +148,9 @@ class CV2Reader(Reader):
             if gap is None or gap < 0 or gap > self._seek_gap:
                 cap.set(cv2.CAP_PROP_POS_FRAMES, target)
             else:
-                for _ in range(gap):
+                for skipped in range(target - gap, target):
                     if not cap.grab():
-                        raise _missing_frame(self, target)
+                        raise _missing_frame(self, skipped)
             ok, frame = cap.read()
             if not ok or frame is None:
                 raise _missing_frame(self, target)

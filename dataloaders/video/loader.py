@@ -12,8 +12,9 @@ from .sampling import MODES, sample_indices
 from .transforms import AugmentConfig, eval_transform, train_transform
 
 
-def _open_any(path, backends, threads, lmdb_path, use):
-    """Run ``use(reader)`` with the first backend that can do it; a missing file is never retried."""
+def with_reader(path, backends: list[str], use, threads: int = 1, lmdb_path=None):
+    """Return ``use(reader)`` from the first backend in ``backends`` that can open and decode ``path``.
+    A missing or empty file fails at once; otherwise every backend's reason is kept for the error."""
     if backends != ["lmdb"]:
         check_file(path)  # missing and 0-byte files get their precise reason, not one per backend
     reasons = []
@@ -33,7 +34,7 @@ def _open_any(path, backends, threads, lmdb_path, use):
 
 def probe(path, backend: str = "auto", lmdb_path=None, threads: int = 1) -> VideoInfo:
     """Frame count, fps and size of a video (or, for the lmdb backend, of its stored frames)."""
-    return _open_any(path, candidate_backends(backend, lmdb_path), threads, lmdb_path, lambda r: r.info())
+    return with_reader(path, candidate_backends(backend, lmdb_path), lambda r: r.info(), threads, lmdb_path)
 
 
 class VideoClipLoader:
@@ -104,7 +105,7 @@ class VideoClipLoader:
                                              f"{reader.num_frames}-frame {reader.fps:g} fps video")
             return reader.get(idx)
 
-        frames = _open_any(path, self.backends, self.threads, self.lmdb_path, load)
+        frames = with_reader(path, self.backends, load, self.threads, self.lmdb_path)
         if self.train_augment:
             clip = train_transform(frames, self.image_size, rng, self.augment)
         else:
