@@ -313,6 +313,12 @@ def open_lmdb(lmdb_path) -> "lmdb.Environment":  # noqa: F821
     return env
 
 
+def close_lmdb() -> None:
+    """Close this process's cached LMDB handles (before rewriting an LMDB from the same process)."""
+    for key in [k for k in _LMDB_ENVS if k[1] == os.getpid()]:
+        _LMDB_ENVS.pop(key).close()
+
+
 class LMDBReader(Reader):
     """Frames pre-extracted by preprocess/frames_to_lmdb.py, served by video id (the file stem)."""
 

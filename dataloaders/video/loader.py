@@ -28,8 +28,7 @@ def with_reader(path, backends: list[str], use, threads: int = 1, lmdb_path=None
             if len(backends) == 1:
                 raise
             reasons.append(exc.reason)
-    raise VideoDecodeError(path, "no backend could read it: " + "; ".join(reasons)
-                           + " (run python -m dataloaders.verify_videos to list every such file)")
+    raise VideoDecodeError(path, "no backend could read it: " + "; ".join(reasons))
 
 
 def probe(path, backend: str = "auto", lmdb_path=None, threads: int = 1) -> VideoInfo:
