@@ -1,0 +1,120 @@
+"""torchrun / single-process set-up, feature gathering with gradients, and sharding helpers.
+
+The contrastive loss is computed on features gathered from every rank, and every rank computes the
+same global loss L. Parameters used after the gather (the logit scale, a cross encoder) therefore get
+the full dL/dθ on every rank. For the encoders, the gather's backward sums the incoming gradient over
+ranks (all-reduce) before taking the local slice, so rank r back-propagates W x dL/d(its features);
+DDP's average over the W ranks then leaves exactly the gradient one process would compute on the
+whole global batch, for every parameter. The tests check this against a single process to 1e-6.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> DistEnv:
+    """Reads torchrun's RANK/WORLD_SIZE/LOCAL_RANK; NCCL on GPUs, gloo on CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
+    return DistEnv(rank, world_size, local_rank, dev)
+
+
+def env_from_group(device: torch.device = torch.device("cpu")) -> DistEnv:
+    """The DistEnv of an already initialised process group (tests, notebooks)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistEnv(device=device)
+    return DistEnv(dist.get_rank(), dist.get_world_size(), 0, device)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # every rank's loss depends on this rank's rows
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """All ranks' ``x`` (equal shapes) concatenated on dim 0, differentiable (see the module docstring)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    return _GatherWithGrad.apply(x)
+
+
+def gather_features(features):
+    """``gather_with_grad`` over a tensor or a tuple of tensors (the head's feature format)."""
+    if isinstance(features, (tuple, list)):
+        return tuple(gather_with_grad(f) for f in features)
+    return gather_with_grad(features)
+
+
+def all_reduce_flag(flag: bool, env: DistEnv) -> bool:
+    """True on every rank when ``flag`` is true on any rank (so all ranks skip a bad step together)."""
+    if not env.distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=env.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
+
+
+def shard_indices(total: int, env: DistEnv) -> list[int]:
+    """This rank's contiguous share of range(total), padded by repeating the last index so every
+    rank has the same count (gathered features are de-duplicated by index afterwards)."""
+    per_rank = -(-total // env.world_size)
+    start = env.rank * per_rank
+    own = list(range(start, min(start + per_rank, total)))
+    filler = own[-1] if own else total - 1
+    return own + [filler] * (per_rank - len(own))
+
+
+def gather_rows(x: Tensor, env: DistEnv) -> Tensor:
+    """Concatenate equally sized per-rank tensors on every rank (no gradient)."""
+    if not env.distributed:
+        return x
+    parts = [torch.empty_like(x) for _ in range(env.world_size)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)

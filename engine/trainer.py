@@ -1,0 +1,423 @@
+"""The training and evaluation loop behind ``main_task_retrieval.py``.
+
+One optimiser step sees ``--batch_size`` (caption, video) pairs in total: each of the W ranks takes
+batch_size / (W x accumulation) pairs per micro-step. Features are gathered across ranks for the
+contrastive loss (see ``engine.distributed``); evaluation is sharded over ranks and gathered.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler, Subset
+
+from engine import checkpoint as ckpt
+from engine.distributed import (DistEnv, all_reduce_flag, barrier, gather_features, gather_rows, init_distributed,
+                                shard_indices)
+from engine.optim import build_optimizer
+
+log = logging.getLogger("univtr")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Flags
+
+
+def add_train_args(parser):
+    g = parser.add_argument_group("training")
+    g.add_argument("--do_train", action="store_true", help="train, then evaluate as the selection rule says")
+    g.add_argument("--do_eval", action="store_true", help="evaluate (the --init_model weights) on the test split")
+    g.add_argument("--epochs", type=int, default=5)
+    g.add_argument("--batch_size", type=int, default=128, help="GLOBAL batch: pairs per optimiser step, all ranks")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                   help="split each global batch into this many micro-steps (negatives per loss = batch / steps)")
+    g.add_argument("--n_display", type=int, default=100, help="log every N optimiser steps")
+    g.add_argument("--precision", choices=("fp32", "amp_bf16", "amp_fp16", "fp16_weights"), default="fp32",
+                   help="fp16_weights = CLIP4Clip's fp16 CLIP weights, for parity")
+    g.add_argument("--compile", action="store_true", help="torch.compile the two CLIP towers")
+    g.add_argument("--resume", default=None, help="a checkpoint_last.pt to continue from exactly")
+    g.add_argument("--save_every_steps", type=int, default=0, help="also checkpoint every N steps (0: per epoch)")
+    g.add_argument("--max_nonfinite_steps", type=int, default=10,
+                   help="stop with an error after this many steps with a non-finite loss (each is skipped)")
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu")
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data order
+
+
+class EpochSampler(Sampler):
+    """This rank's indices for one epoch, deterministic from (seed, epoch).
+
+    Global batch s takes permutation entries [s*B, (s+1)*B); micro-step a of it takes the a-th of
+    ``accumulation`` equal chunks, and rank r the r-th slice of that chunk, so gathering the ranks'
+    features in rank order gives the same rows, in the same order, as one process would have.
+    Incomplete final batches are dropped. ``start_step`` skips the batches already done (resume).
+    """
+
+    def __init__(self, size: int, global_batch: int, env: DistEnv, accumulation: int, seed: int):
+        self.size, self.global_batch, self.env, self.accumulation, self.seed = size, global_batch, env, accumulation, seed
+        self.micro = global_batch // (env.world_size * accumulation)
+        self.steps = size // global_batch
+        self.epoch, self.start_step = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, start_step
+
+    def _order(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.size, generator=g).tolist()
+        out = []
+        for step in range(self.start_step, self.steps):
+            batch = perm[step * self.global_batch:(step + 1) * self.global_batch]
+            for a in range(self.accumulation):
+                chunk = batch[a * self.micro * self.env.world_size:(a + 1) * self.micro * self.env.world_size]
+                out += chunk[self.env.rank * self.micro:(self.env.rank + 1) * self.micro]
+        return out
+
+    def __iter__(self):
+        return iter(self._order())
+
+    def __len__(self) -> int:
+        return (self.steps - self.start_step) * self.accumulation * self.micro
+
+
+# ----------------------------------------------------------------------------------------------------
+# Precision
+
+
+def autocast_context(precision: str, device: torch.device):
+    if precision == "amp_bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "amp_fp16":
+        return torch.autocast(device.type, dtype=torch.float16)
+    return nullcontext()
+
+
+def convert_clip_to_fp16(model) -> None:
+    """CLIP4Clip's fp16 weights: linear, conv and attention weights and the two projections of CLIP in
+    half precision (norms and embeddings stay fp32), trained as such."""
+    from modules.clip.transformer import Attention
+
+    for module in model.clip.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv3d)):
+            module.half()
+        elif isinstance(module, Attention):
+            module.in_proj_weight.data = module.in_proj_weight.data.half()
+            module.in_proj_bias.data = module.in_proj_bias.data.half()
+    model.clip.visual.proj.data = model.clip.visual.proj.data.half()
+    model.clip.text.proj.data = model.clip.text.proj.data.half()
+
+
+def as_float(features):
+    if isinstance(features, (tuple, list)):
+        return tuple(f.float() if f.is_floating_point() else f for f in features)
+    return features.float()
+
+
+# ----------------------------------------------------------------------------------------------------
+# One training step
+
+
+def contrastive_losses(model, batch: dict, env: DistEnv, precision: str = "fp32") -> dict[str, torch.Tensor]:
+    """Encode the local micro-batch, gather features from every rank, compute the head's losses on the
+    global batch. ``model`` may be DDP-wrapped; the loss is the same on every rank."""
+    head = getattr(model, "module", model)
+    with autocast_context(precision, env.device):
+        text, video = model(batch["text_ids"], batch["text_mask"], batch["video"], batch["video_mask"])
+    text, video = as_float(gather_features(text)), as_float(gather_features(video))
+    return head.compute_loss(text, video)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation, sharded over ranks
+
+
+@torch.no_grad()
+def encode_sharded(head, dataset, side: str, args, env: DistEnv):
+    from engine.evaluate import encode, put_in_order
+
+    total = len(dataset)
+    shard = Subset(dataset, shard_indices(total, env))
+    loader = DataLoader(shard, batch_size=args.batch_size_val, shuffle=False, num_workers=args.num_thread_reader)
+    features, indices = encode(head, loader, side, env.device)
+    if env.distributed:
+        parts = features if isinstance(features, tuple) else (features,)
+        parts = tuple(gather_rows(p, env) for p in parts)
+        features = parts if isinstance(features, tuple) else parts[0]
+        indices = gather_rows(indices.to(env.device), env).cpu()
+    return put_in_order(features, indices, total)
+
+
+@torch.no_grad()
+def evaluate_split(head, dataset, args, env: DistEnv, precision: str = "fp32"):
+    """Metrics of ``dataset`` (every caption and video encoded once, sharded); rank 0 gets the result."""
+    from engine.evaluate import EncodedSplit, evaluate_encoded
+
+    was_training = head.training
+    head.eval()
+    try:
+        with autocast_context(precision, env.device):
+            text = encode_sharded(head, dataset.text_dataset(), "text", args, env)
+            video = encode_sharded(head, dataset.video_dataset(), "video", args, env)
+        text, video = as_float(text), as_float(video)
+        encoded = EncodedSplit(text, video, dataset.caption_to_video.clone(), dataset.num_videos)
+        return evaluate_encoded(head, encoded, args, split=dataset.split) if env.is_main else None
+    finally:
+        head.train(was_training)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run
+
+
+def setup_logging(output_dir: Path | None, env: DistEnv) -> None:
+    handlers: list[logging.Handler] = []
+    if env.is_main:
+        handlers.append(logging.StreamHandler())
+        if output_dir is not None:
+            handlers.append(logging.FileHandler(output_dir / "log.txt"))
+    else:
+        handlers.append(logging.NullHandler())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers,
+                        force=True)
+
+
+def seed_everything(seed: int, rank: int) -> None:
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+    torch.manual_seed(seed)  # the same initialisation of new modules on every rank
+
+
+class MetricsLog:
+    def __init__(self, output_dir: Path | None, env: DistEnv, rule: str):
+        self.path = output_dir / "metrics.jsonl" if output_dir is not None and env.is_main else None
+        self.rule = rule
+
+    def write(self, **record) -> None:
+        if self.path is None:
+            return
+        record = {"selection_rule": self.rule, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **record}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def run(args) -> dict:
+    """Train and/or evaluate as the flags say; returns the last metrics (rank 0) or {}."""
+    from dataloaders import build_dataset, selection_rule
+    from modules import build_model
+
+    env = init_distributed(args.device)
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    if output_dir is not None and env.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(output_dir, env)
+    seed_everything(args.seed, env.rank)
+    if not (args.do_train or args.do_eval):
+        raise ValueError("nothing to do: pass --do_train and/or --do_eval")
+
+    model = build_model(args).to(env.device)
+    if args.precision == "fp16_weights":
+        convert_clip_to_fp16(model)
+    if args.compile:
+        model.clip.visual.compile()
+        model.clip.text.compile()
+    rule = selection_rule(args)
+    metrics_log = MetricsLog(output_dir, env, rule.description)
+    log.info("model %s: %s trainable / %s parameters; world size %d; device %s", model.head_name,
+             f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}",
+             f"{sum(p.numel() for p in model.parameters()):,}", env.world_size, env.device)
+
+    test_set = build_dataset(args, "test")
+    log.info(test_set.describe())
+    results: dict = {}
+    if args.do_train:
+        results = train(model, args, env, rule, test_set, output_dir, metrics_log)
+    else:
+        result = evaluate_split(model, test_set, args, env, args.precision if args.precision != "fp16_weights" else "fp32")
+        if result is not None:
+            log.info("\n%s", result.table)
+            metrics_log.write(split="test", epoch=None, metrics=result.metrics)
+            results = result.metrics
+    return results
+
+
+def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, metrics_log: MetricsLog) -> dict:
+    from dataloaders import build_dataset
+
+    train_set = build_dataset(args, "train")
+    val_set = build_dataset(args, "val") if rule.split == "val" else None
+    log.info(train_set.describe())
+    if val_set is not None:
+        log.info(val_set.describe())
+    per_step = env.world_size * args.gradient_accumulation_steps
+    if args.batch_size % per_step:
+        raise ValueError(f"--batch_size {args.batch_size} must divide by world size x accumulation = {per_step}")
+    if len(train_set) < args.batch_size:
+        raise ValueError(f"--batch_size {args.batch_size} exceeds the {len(train_set)} training items")
+
+    sampler = EpochSampler(len(train_set), args.batch_size, env, args.gradient_accumulation_steps, args.seed)
+    loader = DataLoader(train_set, batch_size=sampler.micro, sampler=sampler, num_workers=args.num_thread_reader,
+                        pin_memory=env.device.type == "cuda", drop_last=False,
+                        persistent_workers=False)
+    total_steps = sampler.steps * args.epochs
+    optimizer, scheduler = build_optimizer(model, args, total_steps)
+    scaler = torch.amp.GradScaler(env.device.type) if args.precision == "amp_fp16" else None
+    ddp_model = model
+    if env.distributed:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+
+    start_epoch, step, step_in_epoch, best = 0, 0, 0, {"score": -math.inf, "epoch": None}
+    nonfinite = 0
+    if args.resume:
+        state = ckpt.load_training_state(args.resume)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"])
+        start_epoch, step, step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
+        best = state["extra"].get("best", best)
+        nonfinite = state["extra"].get("nonfinite", 0)
+        log.info("resumed from %s: epoch %d, step %d (%d into the epoch)", args.resume, start_epoch, step, step_in_epoch)
+
+    def save_state(epoch, step_in_epoch):
+        if output_dir is not None and env.is_main:
+            ckpt.save_training_state(output_dir / "checkpoint_last.pt", model=model, optimizer=optimizer,
+                                     scheduler=scheduler, scaler=scaler, epoch=epoch, step=step,
+                                     step_in_epoch=step_in_epoch, args=args,
+                                     extra={"best": best, "nonfinite": nonfinite})
+
+    fault_at = int(os.environ.get("UNIVTR_FAULT_AT_STEP", "0"))  # tests: die abruptly at this step
+    last_metrics: dict = {}
+    for epoch in range(start_epoch, args.epochs):
+        train_set.set_epoch(epoch)
+        sampler.set_epoch(epoch, step_in_epoch)
+        model.train()
+        pairs, started = 0, time.perf_counter()
+        micro_batches = iter(loader)
+        progress = _progress(sampler.steps, step_in_epoch, epoch, args, env)
+        for step_in_epoch in range(step_in_epoch, sampler.steps):
+            losses_for_log, skipped = {}, False
+            for a in range(args.gradient_accumulation_steps):
+                batch = to_device(next(micro_batches), env.device)
+                sync = a == args.gradient_accumulation_steps - 1 or not env.distributed
+                with (nullcontext() if sync else ddp_model.no_sync()):
+                    losses = contrastive_losses(ddp_model, batch, env, args.precision)
+                    loss = losses["loss"]
+                    if all_reduce_flag(not bool(torch.isfinite(loss)), env):
+                        skipped = True
+                        continue
+                    scaled = loss / args.gradient_accumulation_steps
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                for k, v in losses.items():
+                    losses_for_log[k] = losses_for_log.get(k, 0.0) + float(v) / args.gradient_accumulation_steps
+                pairs += batch["video"].shape[0] * env.world_size
+            if skipped:
+                nonfinite += 1
+                optimizer.zero_grad(set_to_none=True)
+                log.warning("step %d: non-finite loss, step skipped (%d so far, limit %d)", step, nonfinite,
+                            args.max_nonfinite_steps)
+                if nonfinite > args.max_nonfinite_steps:
+                    raise FloatingPointError(f"{nonfinite} steps had a non-finite loss (limit --max_nonfinite_steps "
+                                             f"{args.max_nonfinite_steps}); lower --lr or use --precision fp32")
+            else:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                if args.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.max_grad_norm)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                model.clamp_logit_scale()
+            scheduler.step()
+            step += 1
+            elapsed = time.perf_counter() - started
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{losses_for_log.get('loss', float('nan')):.4f}",
+                                     lr=f"{scheduler.get_last_lr()[-1]:.2e}", pairs_s=f"{pairs / max(elapsed, 1e-9):.1f}")
+            if step % args.n_display == 0:
+                log.info("epoch %d step %d/%d loss %.4f lr %.3e %.1f pairs/s", epoch + 1, step_in_epoch + 1, sampler.steps,
+                         losses_for_log.get("loss", float("nan")), scheduler.get_last_lr()[-1], pairs / max(elapsed, 1e-9))
+            if args.save_every_steps and step % args.save_every_steps == 0:
+                save_state(epoch, step_in_epoch + 1)
+            if fault_at and step == fault_at:
+                os._exit(17)
+        if progress is not None:
+            progress.close()
+        step_in_epoch = 0
+        best, last_metrics = _end_of_epoch(model, args, env, rule, epoch, val_set, test_set, output_dir, metrics_log, best)
+        save_state(epoch + 1, 0)
+    return _final_report(model, args, env, rule, test_set, output_dir, metrics_log, best, last_metrics)
+
+
+def _progress(total: int, done: int, epoch: int, args, env: DistEnv):
+    if not env.is_main:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{args.epochs}", dynamic_ncols=True, leave=False)
+
+
+def _end_of_epoch(model, args, env, rule, epoch, val_set, test_set, output_dir, metrics_log, best):
+    """Evaluate the split that drives selection (if any) and keep the best weights."""
+    if rule.split is None:
+        return best, {}
+    selection_set = val_set if rule.split == "val" else test_set
+    result = evaluate_split(model, selection_set, args, env)
+    metrics = {}
+    if env.is_main:
+        metrics = result.metrics
+        log.info("epoch %d, %s:\n%s", epoch + 1, rule.split, result.table)
+        metrics_log.write(split=selection_set.split, epoch=epoch + 1, metrics=metrics)
+        score = metrics.get("t2v/R1", -math.inf)
+        if score > best["score"]:
+            best = {"score": score, "epoch": epoch + 1}
+            if output_dir is not None:
+                ckpt.atomic_save({"model": model.state_dict(), "epoch": epoch + 1, "rule": rule.description,
+                                  "args": ckpt.plain_args(args)}, output_dir / "model_best.pt")
+    return best, metrics
+
+
+def _final_report(model, args, env, rule, test_set, output_dir, metrics_log, best, last_metrics) -> dict:
+    """Test numbers: of the selected epoch (val or, for parity, test), else of the final epoch."""
+    if output_dir is not None and env.is_main:
+        ckpt.atomic_save({"model": model.state_dict(), "epoch": args.epochs, "args": ckpt.plain_args(args)},
+                         output_dir / "model_final.pt")
+    barrier(env)  # rank 0 wrote model_best.pt; every rank reads it
+    if rule.split == "val" and output_dir is not None and (output_dir / "model_best.pt").exists():
+        state = torch.load(output_dir / "model_best.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        chosen = f"epoch {state['epoch']} (best on val)"
+    elif rule.split == "test":
+        if env.is_main:
+            log.info("--select_on_test: best test T2V R@1 %.2f at epoch %s (selected on TEST; parity only)",
+                     best["score"], best["epoch"])
+        return {"selected_epoch": best["epoch"], **last_metrics}
+    else:
+        chosen = f"final epoch {args.epochs}"
+    result = evaluate_split(model, test_set, args, env)
+    if not env.is_main:
+        return {}
+    log.info("test, %s:\n%s", chosen, result.table)
+    metrics_log.write(split="test", epoch=args.epochs, reported_weights=chosen, metrics=result.metrics)
+    return result.metrics
