@@ -13,7 +13,7 @@ from typing import Sequence
 import yaml
 
 
-def _fraction_or_count(value: str) -> float:
+def _non_negative(value: str) -> float:
     number = float(value)
     if number < 0:
         raise argparse.ArgumentTypeError("must be >= 0")
@@ -42,7 +42,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--language", default="english", choices=["english", "chinese"], help="vatex captions: enCap or chCap")
     group.add_argument("--max_decode_failures", type=int, default=None,
                        help="training stops once more videos than this fail to decode (default: use the fraction)")
-    group.add_argument("--max_decode_failure_fraction", type=_fraction_or_count, default=0.01,
+    group.add_argument("--max_decode_failure_fraction", type=_non_negative, default=0.01,
                        help="as --max_decode_failures, as a fraction of the training videos")
     return parser
 

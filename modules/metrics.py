@@ -103,6 +103,9 @@ class RankCounts:
     square: bool
 
     def ranks(self, legacy_ties: bool = False) -> dict[str, torch.Tensor]:
+        # CLIP4Clip's equality search exists only in its square metric; its multi-caption metric
+        # breaks ties by sort order, which is not reproducible, so multi-caption sets stay strict.
+        legacy_ties = legacy_ties and self.square
         out: dict[str, torch.Tensor] = {}
         if legacy_ties and self.t2v_equal is not None:
             out["t2v"] = _legacy_entries(self.t2v_greater, self.t2v_equal)

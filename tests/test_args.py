@@ -43,3 +43,14 @@ def test_main_parses_flags():
     assert main_task_retrieval.main(["--datatype", "lsmdc", "--max_frames", "8"]) == 0
     with pytest.raises(SystemExit):
         main_task_retrieval.main(["--datatype", "unknown"])
+
+
+def test_every_dataset_config_parses():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs" / "datasets").glob("*.yaml"))
+    assert {c.stem for c in configs} >= {"msrvtt", "msvd", "lsmdc", "didemo", "activitynet", "vatex"}
+    for config in configs:
+        args = main_task_retrieval.get_args(["--config", str(config)])
+        assert args.datatype == config.stem
+        assert args.max_words == (64 if config.stem in ("didemo", "activitynet") else 32)

@@ -332,6 +332,7 @@ def test_webvid_page_dir_layout(tmp_path):
     assert ds.records[1].video_path.endswith("videos/006051_006100/1002.mp4")
     with pytest.raises(DataError, match="no test split"):
         load_records(args, "test")
+    assert selection_rule(args).split is None  # results_2M_val.csv is absent
 
 
 # ------------------------------------------------------------------------------------------------ generic

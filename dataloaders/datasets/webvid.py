@@ -18,9 +18,17 @@ class WebVidParser(AnnotationParser):
     splits = ("train", "val")
     expected_files = "results_2M_train.csv, results_2M_val.csv (columns videoid, contentUrl, duration, page_dir, name)"
 
+    def split_file(self, split: str):
+        if split == "train":
+            return self.file(self.args.train_csv, "results_2M_train.csv")
+        return self.file(self.args.val_csv, "results_2M_val.csv")
+
+    def has_split(self, split: str) -> bool:
+        # the val file is optional; a missing train file is an error naming it
+        return split == "train" or (split == "val" and self.split_file(split).is_file())
+
     def records(self, split: str) -> list[VideoRecord]:
-        flag, default = (self.args.train_csv, "results_2M_train.csv") if split == "train" else (self.args.val_csv, "results_2M_val.csv")
-        path = self.require(self.file(flag, default), "columns videoid, contentUrl, duration, page_dir, name")
+        path = self.require(self.split_file(split), "columns videoid, contentUrl, duration, page_dir, name")
         header = pd.read_csv(path, nrows=0).columns
         if not set(COLUMNS) <= set(header):
             raise self.error(f"{path} has columns {', '.join(header)}; expected videoid, contentUrl, duration, page_dir, name")
