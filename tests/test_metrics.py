@@ -209,3 +209,10 @@ def test_format_table_lists_every_label():
     table = M.format_table(flat)
     for label in ("t2v", "v2t_groupmax", "v2t_allcaps", "dsl/t2v"):
         assert any(line.startswith(label + " ") for line in table.splitlines()), label
+
+
+def test_legacy_flag_leaves_multi_caption_sets_strict():
+    tied = torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.2, 0.2]])  # captions 0, 1 -> video 0; caption 2 -> video 1
+    counts = M.count_ranks(M.matrix_tile_fn(tied), torch.tensor([0, 0, 1]), 2, count_ties=True)
+    assert counts.ranks(legacy_ties=True)["t2v"].tolist() == counts.ranks()["t2v"].tolist() == [1, 1, 1]
+    assert counts.ranks(legacy_ties=True)["v2t_allcaps"].tolist() == [1, 3]
