@@ -39,10 +39,10 @@ def test_bad_config_is_an_error_naming_the_problem(tmp_path, capsys, body, messa
     assert message in capsys.readouterr().err
 
 
-def test_main_parses_flags():
-    assert main_task_retrieval.main(["--datatype", "lsmdc", "--max_frames", "8"]) == 0
+def test_unknown_datatype_is_refused(capsys):
     with pytest.raises(SystemExit):
-        main_task_retrieval.main(["--datatype", "unknown"])
+        main_task_retrieval.get_args(["--datatype", "unknown"])
+    assert "invalid choice: 'unknown'" in capsys.readouterr().err
 
 
 def test_every_dataset_config_parses():
