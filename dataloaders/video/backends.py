@@ -228,11 +228,25 @@ class PyAVReader(Reader):
     def _seek(self, index: int):
         self._container.seek(max(self._start, self._pts_of(index)), stream=self._stream,
                              backward=True, any_frame=False)
-        return self._container.decode(self._stream)
+        return self._frames()
+
+    def _frames(self):
+        """Decoded frames from the current position. A frame nobody asked for is dropped inside the
+        decoder when no other frame refers to it (skip_frame NONREF), which halves the decoding work
+        on typical B-frame video; frames that others depend on are always decoded."""
+        ctx = self._stream.codec_context
+        try:
+            for packet in self._container.demux(self._stream):
+                keep = packet.pts is None or self._index_of(packet.pts) in self._pending
+                ctx.skip_frame = "DEFAULT" if keep else "NONREF"
+                yield from packet.decode()
+        finally:
+            ctx.skip_frame = "DEFAULT"
 
     def _decode(self, wanted):
         out, frames, last = [], None, None
         from_start = False
+        self._pending = set(wanted)
         for target in wanted:
             if frames is None:
                 frames = self._seek(target)
@@ -258,6 +272,7 @@ class PyAVReader(Reader):
                     frames = self._seek(0)
                     continue
                 out.append(frame.to_ndarray(format="rgb24"))
+                self._pending.discard(idx)
                 last = idx
                 break
         return out
