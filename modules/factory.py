@@ -8,7 +8,7 @@ import torch
 
 from modules.clip import build_clip, list_architectures, load_clip
 from modules.clip.loading import CheckpointError, read_state_dict, to_our_layout
-from modules.heads import RetrievalHead, get_head, list_heads
+from modules.heads import RetrievalHead, add_prompt_args, get_head, list_heads
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--max_position_embeddings", type=int, default=128, help="frame positions of seqTransf")
     g.add_argument("--init_model", default=None, help="initial weights: a UniVTR or CLIP4Clip pytorch_model.bin.N")
     g.add_argument("--grad_checkpointing", action="store_true")
+    add_prompt_args(parser)  # DGL / UMP flags
     return parser
 
 

@@ -7,13 +7,15 @@ Methods change what flows through the blocks, never the blocks themselves, throu
   record ``x`` (taps of intermediate tokens).
 * ``attn_mask(i, x)`` may return an additive mask for block ``i`` (DGL's global-local attention).
 * ``after_block(i, x)`` may return a new token tensor (drop prompt outputs, undo a regrouping).
+* ``attn_input(i, x)`` may transform only what the attention branch of block ``i`` reads (before its
+  LayerNorm) while the residual keeps ``x`` (a TSM-style shift in the residual branch, UMP's option).
 
 Masks are built in fp32 and cast to the compute dtype only inside attention, so ``-inf`` and large
 negative values survive autocast.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -85,8 +87,10 @@ class ResidualBlock(nn.Module):
         self.ln_2 = LayerNorm(width)
         self.mlp = MLP(width, int(width * mlp_ratio))
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-        x = x + self.attn(self.ln_1(x), attn_mask, is_causal)
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False,
+                attn_input: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        branch = x if attn_input is None else attn_input(x)
+        x = x + self.attn(self.ln_1(branch), attn_mask, is_causal)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -101,6 +105,14 @@ class BlockHook:
 
     def after_block(self, index: int, x: Tensor) -> Tensor:
         return x
+
+    def attn_input(self, index: int, x: Tensor) -> Tensor:
+        return x
+
+
+def _overrides_attn_input(hook) -> bool:
+    method = getattr(type(hook), "attn_input", None)
+    return method is not None and method is not BlockHook.attn_input
 
 
 class TokenTap(BlockHook):
@@ -169,13 +181,28 @@ class Transformer(nn.Module):
             mask = self._block_mask(index, x, attn_mask, hooks)
             # With no extra mask SDPA's own causal path is used; it is faster than an explicit mask.
             is_causal = self.causal and mask is None
+            attn_input = self._attn_input(index, hooks)
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, mask, is_causal, use_reentrant=False)
+                x = checkpoint(block, x, mask, is_causal, attn_input, use_reentrant=False)
             else:
-                x = block(x, mask, is_causal)
+                x = block(x, mask, is_causal, attn_input)
             for hook in hooks:
                 x = hook.after_block(index, x)
         return x
+
+    @staticmethod
+    def _attn_input(index: int, hooks: Sequence[BlockHook]) -> Callable[[Tensor], Tensor] | None:
+        # None when no hook overrides attn_input, so the common path stays exactly as before.
+        active = [hook for hook in hooks if _overrides_attn_input(hook)]
+        if not active:
+            return None
+
+        def apply(x: Tensor) -> Tensor:
+            for hook in active:
+                x = hook.attn_input(index, x)
+            return x
+
+        return apply
 
     def _block_mask(self, index: int, x: Tensor, base: Tensor | None, hooks: Sequence[BlockHook]) -> Tensor | None:
         masks = [m for m in (hook.attn_mask(index, x) for hook in hooks) if m is not None]

@@ -64,6 +64,12 @@ class RetrievalHead(nn.Module):
     """Base class: CLIP plus whatever the method adds. Subclasses override the encoders they change."""
 
     head_name = "base"
+    # Name prefixes of trainable parameters whose gradient is exactly zero (or None) in the first step
+    # by design: DGL's postfix projection behind the causal mask, UMP's generator attention while its
+    # zero-initialised output projection is still zero. Tests assert exactly zero for these.
+    zero_grad_at_init: tuple[str, ...] = ()
+    # Prompt-tuning heads keep every CLIP tensor frozen (no gradient reaches CLIP at all).
+    frozen_clip = False
 
     def __init__(self, clip: CLIP, args=None):
         super().__init__()
@@ -71,6 +77,10 @@ class RetrievalHead(nn.Module):
         self.args = args
 
     # -- what the engine calls ------------------------------------------------------------------
+    def forward(self, text_ids: Tensor, text_mask: Tensor, video: Tensor, video_mask: Tensor):
+        """Both sides of a training batch; going through forward lets DDP see the step."""
+        return self.encode_text(text_ids, text_mask), self.encode_video(video, video_mask)
+
     def encode_text(self, text_ids: Tensor, text_mask: Tensor):
         return self.clip.encode_text(text_ids, text_mask)
 
@@ -100,7 +110,7 @@ class RetrievalHead(nn.Module):
             if not param.requires_grad:
                 continue
             is_clip = name.startswith("clip.")
-            no_decay = param.ndim < 2 or name.endswith(".bias") or "ln_" in name or "norm" in name.lower()
+            no_decay = self.no_weight_decay(name, param)
             groups.setdefault((is_clip, no_decay), []).append((name, param))
         out = []
         for (is_clip, no_decay), named in sorted(groups.items()):
@@ -112,6 +122,10 @@ class RetrievalHead(nn.Module):
                 "group": ("clip" if is_clip else "new") + ("_no_decay" if no_decay else ""),
             })
         return out
+
+    def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:
+        """Biases, norms and 1-D parameters are not decayed (a head may follow its paper instead)."""
+        return param.ndim < 2 or name.endswith(".bias") or "ln_" in name or "norm" in name.lower()
 
     def clamp_logit_scale(self, max_value: float = 4.6052) -> None:
         """CLIP4Clip clamps the learnable temperature at ln 100 after each step."""
