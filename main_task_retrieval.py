@@ -1,7 +1,15 @@
-"""Entry point for text-video retrieval. So far it parses and checks the flags; training and
-evaluation are wired in by the engine (issue 5)."""
+"""Text-video retrieval: train and/or evaluate one method on one benchmark.
+
+    python main_task_retrieval.py --do_train --datatype msrvtt --data_path DATA --features_path VIDEOS ...
+    torchrun --nproc_per_node 4 main_task_retrieval.py --config configs/NAME.yaml --do_train
+
+Flags follow CLIP4Clip's names (``--help`` lists them); ``--config FILE.yaml`` sets any of them and the
+command line wins. Model, data, the loop and evaluation live in ``modules/``, ``dataloaders/`` and
+``engine/``; this file only parses flags and reports errors as one line.
+"""
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Sequence
 
@@ -15,10 +23,16 @@ def get_args(argv: Sequence[str] | None = None):
 
 def main(argv: Sequence[str] | None = None) -> int:
     from dataloaders import DataError
+    from engine.checkpoint import CheckpointError as TrainCheckpointError
+    from engine.trainer import run
+    from modules.clip import CheckpointError
 
+    args = get_args(argv)
     try:
-        get_args(argv)
-    except DataError as error:
+        run(args)
+    except (DataError, CheckpointError, TrainCheckpointError, FloatingPointError, ValueError) as error:
+        # Problems with the user's data, weights or flags: one line, no traceback wall.
+        logging.getLogger("univtr").debug("details", exc_info=True)
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

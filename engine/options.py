@@ -95,9 +95,28 @@ def add_run_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from modules.factory import add_model_args as add
+
+    return add(parser)
+
+
+def add_optim_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from engine.optim import add_optim_args as add
+
+    return add(parser)
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from engine.trainer import add_train_args as add
+
+    return add(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Text-video retrieval with CLIP", allow_abbrev=False)
-    for add in (add_run_args, add_data_args, add_video_args, add_selection_args, add_eval_args):
+    for add in (add_run_args, add_data_args, add_video_args, add_selection_args, add_eval_args, add_model_args,
+                add_optim_args, add_train_args):
         add(parser)
     return parser
 
@@ -130,7 +149,9 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
-    argv = list(argv) if argv is not None else None
+    from modules.heads.aliases import apply_flag_aliases  # the UMP README's (X-Pool) flags -> ours
+
+    argv = apply_flag_aliases(sys.argv[1:] if argv is None else argv)
     if known.config:
         path = Path(known.config)
         if not path.is_file():

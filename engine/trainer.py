@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -326,7 +327,7 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
                     scaled = loss / args.gradient_accumulation_steps
                     (scaler.scale(scaled) if scaler is not None else scaled).backward()
                 for k, v in losses.items():
-                    losses_for_log[k] = losses_for_log.get(k, 0.0) + float(v) / args.gradient_accumulation_steps
+                    losses_for_log[k] = losses_for_log.get(k, 0.0) + v.detach().item() / args.gradient_accumulation_steps
                 pairs += batch["video"].shape[0] * env.world_size
             if skipped:
                 nonfinite += 1
@@ -375,7 +376,10 @@ def _progress(total: int, done: int, epoch: int, args, env: DistEnv):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{args.epochs}", dynamic_ncols=True, leave=False)
+    # On a terminal the bar refreshes every second; in logs (CI, nohup) every 30 s instead of every step.
+    interval = 1.0 if sys.stderr.isatty() else 30.0
+    return tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{args.epochs}", dynamic_ncols=True, leave=False,
+                mininterval=interval)
 
 
 def _end_of_epoch(model, args, env, rule, epoch, val_set, test_set, output_dir, metrics_log, best):

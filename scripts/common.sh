@@ -1,0 +1,38 @@
+# Shared by scripts/*.sh: check the environment, then launch main_task_retrieval.py with torchrun.
+# Variables: DATA_DIR (annotation files), VIDEO_DIR (videos), CLIP_DIR (folder holding ViT-B-32.pt etc.),
+# optional OUTPUT_DIR, NPROC (GPUs on this node, default 1), EXTRA_ARGS (appended flags).
+set -euo pipefail
+
+require_env() {
+  local name="$1" what="$2"
+  if [ -z "${!name:-}" ]; then
+    echo "error: set $name to $what (e.g. export $name=/path/to/it), then run $(basename "$0") again" >&2
+    exit 2
+  fi
+  if [ ! -e "${!name}" ]; then
+    echo "error: $name=${!name} does not exist ($what)" >&2
+    exit 2
+  fi
+}
+
+launch() {
+  local root
+  root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  # shellcheck disable=SC2086
+  exec torchrun --standalone --nproc_per_node="${NPROC:-1}" "$root/main_task_retrieval.py" "$@" ${EXTRA_ARGS:-}
+}
+
+# CLIP4Clip's published recipe (README of ArrowLuo/CLIP4Clip): 5 epochs, lr 1e-4 with CLIP at 1e-3 of
+# it, warm-up 10%, 1 frame per second sampled down to --max_frames with linspace, frozen embeddings.
+# Usage: clip4clip_recipe DATATYPE OUTPUT_NAME MAX_WORDS MAX_FRAMES GLOBAL_BATCH [more flags]
+clip4clip_recipe() {
+  local datatype="$1" name="$2" words="$3" frames="$4" batch="$5"
+  shift 5
+  launch --do_train --datatype "$datatype" \
+    --data_path "$DATA_DIR" --features_path "$VIDEO_DIR" --pretrained_dir "$CLIP_DIR" \
+    --output_dir "${OUTPUT_DIR:-ckpts/$name}" \
+    --epochs 5 --batch_size "$batch" --batch_size_val 16 --lr 1e-4 --coef_lr 1e-3 --warmup_proportion 0.1 \
+    --max_words "$words" --max_frames "$frames" --feature_framerate 1 --slice_framepos 2 \
+    --freeze_layer_num 0 --linear_patch 2d --sim_header "${SIM_HEADER:-meanP}" --loose_type \
+    --pretrained_clip_name "${CLIP_NAME:-ViT-B/32}" --n_display 50 --num_thread_reader "${WORKERS:-8}" "$@"
+}

@@ -1,0 +1,154 @@
+"""The training engine end to end on real mp4 files: exact resume after a hard kill, broken videos,
+non-finite losses, metrics file, CLIP4Clip checkpoints through --init_model."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import main_task_retrieval
+from modules.clip.loading import to_openai
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    from preprocess.make_toy_dataset import make_toy_dataset
+
+    return make_toy_dataset(tmp_path_factory.mktemp("toy"), seed=0, num_train=12, num_test=6, size=32, fps=5,
+                            seconds=1.6, workers=1, progress=False)
+
+
+def run_args(toy, out, *extra):
+    return ["--do_train", "--datatype", "msrvtt", "--data_path", str(toy), "--features_path", str(toy / "videos"),
+            "--output_dir", str(out), "--pretrained_clip_name", "tiny", "--clip_init", "random",
+            "--sim_header", "seqTransf", "--freeze_layer_num", "-1", "--batch_size", "4", "--batch_size_val", "8",
+            "--max_frames", "4", "--image_resolution", "32", "--num_thread_reader", "0", "--lr", "1e-3",
+            "--epochs", "2", "--n_display", "1", "--seed", "7", *extra]
+
+
+def run_subprocess(argv, env_extra=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    return subprocess.run([sys.executable, str(ROOT / "main_task_retrieval.py"), *argv], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def final_weights(out):
+    return torch.load(Path(out) / "model_final.pt", map_location="cpu", weights_only=True)["model"]
+
+
+def test_resume_after_kill_matches_uninterrupted_run(toy, tmp_path):
+    straight = run_subprocess(run_args(toy, tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    # 12 items / batch 4 = 3 steps per epoch; die abruptly at step 5 (mid epoch 2), 1 step after the
+    # last checkpoint, so the resumed run must redo a step it had already taken.
+    killed = run_subprocess(run_args(toy, tmp_path / "killed", "--save_every_steps", "2"), {"UNIVTR_FAULT_AT_STEP": "5"})
+    assert killed.returncode == 17, killed.stderr[-2000:]
+    assert not (tmp_path / "killed" / "model_final.pt").exists()
+    state = torch.load(tmp_path / "killed" / "checkpoint_last.pt", weights_only=True)
+    assert (state["epoch"], state["step"], state["step_in_epoch"]) == (1, 4, 1)
+    resumed = run_subprocess(run_args(toy, tmp_path / "killed", "--resume", str(tmp_path / "killed" / "checkpoint_last.pt")))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "killed")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    # Training moved the weights (the comparison above is not between two untouched models).
+    init = torch.load(tmp_path / "killed" / "checkpoint_last.pt", weights_only=True)
+    assert init["step"] == 6
+
+
+def test_metrics_file_and_selection_rule(toy, tmp_path):
+    assert main_task_retrieval.main(run_args(toy, tmp_path, "--epochs", "1")) == 0
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["split"] for line in lines] == ["test"]  # MSR-VTT: nothing is selected on test
+    assert lines[0]["selection_rule"].startswith("final_epoch")
+    assert 0 <= lines[0]["metrics"]["t2v/R1"] <= 100 and lines[0]["metrics"]["num_videos"] == 6
+    assert (tmp_path / "log.txt").read_text().count("loss") >= 3
+
+
+def test_val_from_train_drives_selection(toy, tmp_path):
+    assert main_task_retrieval.main(run_args(toy, tmp_path, "--val_from_train", "4", "--batch_size", "4")) == 0
+    splits = [json.loads(line)["split"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert splits == ["val", "val", "test"]
+    assert (tmp_path / "model_best.pt").exists()
+
+
+def break_videos(toy, tmp_path, names):
+    """A copy of the toy dataset in which the named training videos are damaged."""
+    copy = tmp_path / "data"
+    (copy / "videos").mkdir(parents=True)
+    for f in toy.iterdir():
+        if f.is_file():
+            (copy / f.name).write_bytes(f.read_bytes())
+    for f in (toy / "videos").iterdir():
+        data = f.read_bytes()
+        (copy / "videos" / f.name).write_bytes(data[: len(data) // 3] if f.stem in names else data)
+    return copy
+
+
+def test_broken_training_videos_are_replaced_never_zeroed(toy, tmp_path, caplog):
+    data = break_videos(toy, tmp_path, {"video0", "video5"})
+    out = tmp_path / "out"
+    assert main_task_retrieval.main(run_args(data, out, "--epochs", "1", "--max_decode_failures", "2")) == 0
+    log = (out / "log.txt").read_text()
+    assert "video0.mp4" in log and "video5.mp4" in log and "using another sample" in log
+    metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["metrics"]
+    assert all(v == v for v in metrics.values())  # no NaN anywhere
+
+
+def test_too_many_broken_videos_stop_with_one_line(toy, tmp_path, capsys):
+    data = break_videos(toy, tmp_path, {"video0", "video5"})
+    assert main_task_retrieval.main(run_args(data, tmp_path / "out", "--epochs", "1", "--max_decode_failures", "0")) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "failed to decode" in errors[0] and "Traceback" not in err
+
+
+def test_non_finite_losses_are_skipped_then_stop(toy, tmp_path, capsys, monkeypatch):
+    from modules.heads.clip4clip import SequenceTransformer
+
+    before = {}
+
+    def nan_loss(self, text, video):
+        before.setdefault("w", self.frame_position_embeddings.weight.detach().clone())
+        return {"loss": (text.sum() + video.sum()) * float("nan")}
+
+    monkeypatch.setattr(SequenceTransformer, "compute_loss", nan_loss)
+    code = main_task_retrieval.main(run_args(toy, tmp_path, "--max_nonfinite_steps", "2", "--save_every_steps", "1"))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "3 steps had a non-finite loss" in err
+    state = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)
+    # Skipped steps never touched the weights.
+    assert torch.equal(state["model"]["frame_position_embeddings.weight"], before["w"])
+
+
+def test_clip4clip_checkpoint_loads_through_init_model(toy, tmp_path):
+    from modules import build_model
+
+    args = main_task_retrieval.get_args(run_args(toy, tmp_path))
+    source = build_model(args)
+    with torch.no_grad():
+        source.frame_position_embeddings.weight.add_(1.0)
+    # CLIP4Clip saves `clip.` + OpenAI names, plus its head's own names.
+    state = {f"clip.{k}": v for k, v in to_openai(source.clip.state_dict()).items()}
+    state |= {k: v for k, v in source.state_dict().items() if not k.startswith("clip.")}
+    torch.save(state, tmp_path / "pytorch_model.bin.3")
+    args.init_model = str(tmp_path / "pytorch_model.bin.3")
+    torch.manual_seed(123)
+    loaded = build_model(args)
+    for name, value in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+
+
+def test_corrupt_resume_checkpoint_is_one_clear_line(toy, tmp_path, capsys):
+    bad = tmp_path / "checkpoint_last.pt"
+    bad.write_bytes(b"\x00" * 100)
+    assert main_task_retrieval.main(run_args(toy, tmp_path / "out", "--resume", str(bad))) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(bad) in errors[0] and "Traceback" not in err
