@@ -17,9 +17,11 @@ import numpy as np
 from . import lmdb_format
 from .errors import EmptyVideoError, VideoDecodeError, VideoNotFoundError, describe
 
-# Fastest first, from benchmarks/bench_video_loading.py (docs/video.md). lmdb is never picked by
-# auto unless an LMDB path is given, because it serves a different (pre-extracted) frame pool.
-AUTO_ORDER = ("torchcodec", "decord", "cv2", "pyav")
+# Fastest first, from benchmarks/bench_video_loading.py (docs/video.md): PyAV leads on B-frame video
+# because it skips unwanted non-reference frames; the three are level on all-reference video.
+# torchcodec is last because it has not been measured here. lmdb is never picked by auto unless an
+# LMDB path is given, because it serves a different (pre-extracted) frame pool.
+AUTO_ORDER = ("pyav", "decord", "cv2", "torchcodec")
 FILE_BACKENDS = ("decord", "cv2", "pyav", "torchcodec")
 ALL_BACKENDS = FILE_BACKENDS + ("lmdb",)
 
