@@ -164,8 +164,9 @@ def encode_sharded(head, dataset, side: str, args, env: DistEnv):
 
 
 @torch.no_grad()
-def evaluate_split(head, dataset, args, env: DistEnv, precision: str = "fp32"):
-    """Metrics of ``dataset`` (every caption and video encoded once, sharded); rank 0 gets the result."""
+def evaluate_split(head, dataset, args, env: DistEnv, precision: str = "fp32", qb_norm=None):
+    """Metrics of ``dataset`` (every caption and video encoded once, sharded); rank 0 gets the result.
+    ``qb_norm`` = (bank features, (beta, k)) from ``qb_norm_inputs``, or None."""
     from engine.evaluate import EncodedSplit, evaluate_encoded
 
     was_training = head.training
@@ -176,9 +177,33 @@ def evaluate_split(head, dataset, args, env: DistEnv, precision: str = "fp32"):
             video = encode_sharded(head, dataset.video_dataset(), "video", args, env)
         text, video = as_float(text), as_float(video)
         encoded = EncodedSplit(text, video, dataset.caption_to_video.clone(), dataset.num_videos)
-        return evaluate_encoded(head, encoded, args, split=dataset.split) if env.is_main else None
+        if not env.is_main:
+            return None
+        bank, params = qb_norm if qb_norm is not None else (None, None)
+        return evaluate_encoded(head, encoded, args, bank=bank, qb_norm_params=params, split=dataset.split)
     finally:
         head.train(was_training)
+
+
+def qb_norm_inputs(head, args, env: DistEnv, train_set=None, val_set=None):
+    """QB-Norm's bank (training captions) and its (beta, k), chosen on the validation split; rank 0
+    only (None elsewhere, and when --qb_norm is off)."""
+    if not args.qb_norm or not env.is_main:
+        return None
+    from dataloaders import build_dataset
+    from engine.evaluate import prepare_qb_norm
+
+    train_set = train_set or build_dataset(args, "train")
+    val_set = val_set or build_dataset(args, "val")
+    was_training = head.training
+    head.eval()
+    try:
+        bank, params, grid = prepare_qb_norm(head, train_set, val_set, args, env.device)
+    finally:
+        head.train(was_training)
+    log.info("QB-Norm: beta %g, k %d chosen on %s's validation split (%d grid points)", params[0], params[1],
+             val_set.name, len(grid))
+    return bank, params
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -248,7 +273,8 @@ def run(args) -> dict:
     if args.do_train:
         results = train(model, args, env, rule, test_set, output_dir, metrics_log)
     else:
-        result = evaluate_split(model, test_set, args, env, args.precision if args.precision != "fp16_weights" else "fp32")
+        result = evaluate_split(model, test_set, args, env, args.precision if args.precision != "fp16_weights" else "fp32",
+                                qb_norm=qb_norm_inputs(model, args, env))
         if result is not None:
             log.info("\n%s", result.table)
             metrics_log.write(split="test", epoch=None, metrics=result.metrics)
@@ -419,7 +445,7 @@ def _final_report(model, args, env, rule, test_set, output_dir, metrics_log, bes
         return {"selected_epoch": best["epoch"], **last_metrics}
     else:
         chosen = f"final epoch {args.epochs}"
-    result = evaluate_split(model, test_set, args, env)
+    result = evaluate_split(model, test_set, args, env, qb_norm=qb_norm_inputs(model, args, env))
     if not env.is_main:
         return {}
     log.info("test, %s:\n%s", chosen, result.table)

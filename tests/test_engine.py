@@ -152,3 +152,12 @@ def test_corrupt_resume_checkpoint_is_one_clear_line(toy, tmp_path, capsys):
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(bad) in errors[0] and "Traceback" not in err
+
+
+def test_do_eval_reports_raw_beside_dsl_and_qb_norm(toy, tmp_path):
+    argv = [a for a in run_args(toy, tmp_path) if a != "--do_train"] + ["--do_eval", "--dsl", "--qb_norm"]
+    assert main_task_retrieval.main(argv + ["--val_from_train", "4"]) == 0
+    metrics = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["metrics"]
+    assert {"t2v/R1", "v2t/R1", "dsl/t2v/R1", "qbnorm/t2v/R1", "qbnorm/beta"} <= metrics.keys()
+    # QB-Norm's beta/k can only come from the validation split: without one the run refuses.
+    assert main_task_retrieval.main(argv) == 2
