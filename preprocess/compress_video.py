@@ -21,7 +21,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataloaders.video.batch import TEMP_MARK, VIDEO_EXTENSIONS, list_videos, report_failures, run_parallel  # noqa: E402
+from dataloaders.video.batch import (  # noqa: E402
+    TEMP_MARK, VIDEO_EXTENSIONS, list_videos, report_failures, run_parallel)
 from dataloaders.video.errors import VideoDecodeError  # noqa: E402
 from dataloaders.video.loader import probe  # noqa: E402
 from preprocess.synthetic import ffmpeg_binary  # noqa: E402

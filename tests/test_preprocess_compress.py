@@ -1,4 +1,5 @@
-"""preprocess/compress_video.py on Big Buck Bunny and generated landscape, portrait, odd-sized, audio and broken files."""
+"""preprocess/compress_video.py on Big Buck Bunny and on generated landscape, portrait, odd-sized,
+audio-carrying and broken files."""
 import importlib.util
 import json
 import subprocess

@@ -6,7 +6,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from dataloaders.video import EmptyVideoError, VideoClipLoader, VideoDecodeError, VideoNotFoundError, probe
+from dataloaders.video import (
+    EmptyVideoError, EmptyWindowError, VideoClipLoader, VideoDecodeError, VideoNotFoundError, probe)
 from dataloaders.video import backends as backends_module
 from preprocess.synthetic import ffmpeg_binary
 
@@ -83,8 +84,9 @@ def test_auto_falls_back_per_file(monkeypatch, make_video):
 
 def test_empty_window_is_an_error_not_an_empty_clip(make_video):
     path = make_video("short.mp4", num_frames=25, fps=25)
-    with pytest.raises(VideoDecodeError, match="no frames in the window"):
+    with pytest.raises(EmptyWindowError, match="no frames in the window") as info:
         VideoClipLoader(mode="uniform", image_size=32)(path, start=5, end=8)
+    assert "no backend" not in info.value.reason  # not retried with every backend
 
 
 def test_unreadable_directory_entry(tmp_path):

@@ -37,6 +37,10 @@ class EmptyVideoError(VideoDecodeError):
     """The file exists but is 0 bytes or has no video frames."""
 
 
+class EmptyWindowError(VideoDecodeError):
+    """The requested start/end window holds no frame of the video (an annotation problem)."""
+
+
 def describe(exc: BaseException) -> str:
     """One short line for a library exception (decord's messages carry a C++ backtrace)."""
     text = str(exc).strip().splitlines()

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .backends import VideoInfo, candidate_backends, check_file, open_reader
-from .errors import VideoDecodeError, VideoNotFoundError
+from .errors import EmptyWindowError, VideoDecodeError, VideoNotFoundError
 from .sampling import MODES, sample_indices
 from .transforms import AugmentConfig, eval_transform, train_transform
 
@@ -22,8 +22,8 @@ def with_reader(path, backends: list[str], use, threads: int = 1, lmdb_path=None
         try:
             with open_reader(path, name, threads=threads, lmdb_path=lmdb_path) as reader:
                 return use(reader)
-        except VideoNotFoundError:
-            raise
+        except (VideoNotFoundError, EmptyWindowError):
+            raise  # another backend would not do better
         except VideoDecodeError as exc:
             if len(backends) == 1:
                 raise
@@ -100,7 +100,7 @@ class VideoClipLoader:
         def load(reader):
             idx = self.indices(reader.num_frames, reader.fps, start, end, rng)
             if not idx:
-                raise VideoDecodeError(path, f"no frames in the window start={start} end={end} s of a "
+                raise EmptyWindowError(path, f"no frames in the window start={start} end={end} s of a "
                                              f"{reader.num_frames}-frame {reader.fps:g} fps video")
             return reader.get(idx)
 
