@@ -1,0 +1,143 @@
+"""Throughput, peak memory and MFU of one training step (meanP by default, ViT-B/32 shapes, 12 frames).
+
+    python benchmarks/bench_train_step.py                       # CPU, fp32, batch 4
+    python benchmarks/bench_train_step.py --device cuda         # GPU, bf16 autocast, largest batch that fits
+
+The step is the engine's own (``engine.trainer.contrastive_losses`` + backward + AdamW), on random
+frames and captions so the data pipeline is not measured. FLOPs are counted once with
+``torch.utils.flop_counter`` (forward + backward, matmuls/convs/attention); MFU = achieved FLOP/s over
+the peak given by --peak_tflops (default: 989 for H100/H200 bf16 dense; none on CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.distributed import DistEnv  # noqa: E402
+from engine.optim import add_optim_args, build_optimizer  # noqa: E402
+from engine.trainer import autocast_context, contrastive_losses  # noqa: E402
+from modules.clip import tokenize  # noqa: E402
+from modules.factory import add_model_args, build_model  # noqa: E402
+
+
+def make_model(arch: str, head: str, device: torch.device):
+    parser = add_optim_args(add_model_args(argparse.ArgumentParser()))
+    args = parser.parse_args(["--pretrained_clip_name", arch, "--clip_init", "random", "--sim_header", head,
+                              "--freeze_layer_num", "-1"])
+    torch.manual_seed(0)
+    model = build_model(args).to(device)
+    optimizer, _ = build_optimizer(model, args, total_steps=1000)
+    return model, optimizer
+
+
+def make_batch(batch: int, frames: int, size: int, device: torch.device) -> dict:
+    ids, mask = tokenize([f"a person is doing thing number {i} in a video" for i in range(batch)], 32)
+    return {"text_ids": ids.to(device), "text_mask": mask.to(device),
+            "video": torch.randn(batch, frames, 3, size, size, device=device),
+            "video_mask": torch.ones(batch, frames, dtype=torch.long, device=device)}
+
+
+def train_step(model, optimizer, batch, env, precision):
+    losses = contrastive_losses(model, batch, env, precision)
+    losses["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return losses["loss"]
+
+
+def count_flops(model, optimizer, batch, env, precision) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        losses = contrastive_losses(model, batch, env, precision)
+        losses["loss"].backward()
+    optimizer.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def measure(model, optimizer, batch, env, precision, repeats: int) -> tuple[float, float]:
+    """(median seconds per step, peak memory in GiB: CUDA allocator peak, or the process RSS peak on CPU)."""
+    device = env.device
+    train_step(model, optimizer, batch, env, precision)  # warm-up: allocator, optimiser state
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        train_step(model, optimizer, batch, env, precision)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2 ** 30
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB on Linux
+    return statistics.median(times), peak
+
+
+def largest_batch(arch, head, env, precision, frames, size, start: int, limit: int) -> int:
+    """Doubling search for the largest global batch whose step fits in GPU memory."""
+    best, batch = 0, start
+    while batch <= limit:
+        model, optimizer = make_model(arch, head, env.device)
+        try:
+            train_step(model, optimizer, make_batch(batch, frames, size, env.device), env, precision)
+            best, batch = batch, batch * 2
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            del model, optimizer
+            gc.collect()
+            torch.cuda.empty_cache()
+    return best
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="ViT-B/32")
+    parser.add_argument("--head", default="meanP")
+    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--batch", type=int, default=0, help="pairs per step (0: 4 on CPU, largest that fits on GPU)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default=None, help="default: fp32 on CPU, amp_bf16 on GPU")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--peak_tflops", type=float, default=None,
+                        help="device peak for MFU (default 989 on CUDA = H100/H200 dense bf16; none on CPU)")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    env = DistEnv(device=device)
+    precision = args.precision or ("amp_bf16" if device.type == "cuda" else "fp32")
+    peak_tflops = args.peak_tflops if args.peak_tflops is not None else (989.0 if device.type == "cuda" else None)
+    size = 224 if "L-14-336" not in args.arch and "L/14@336" not in args.arch else 336
+    batch = args.batch or (4 if device.type == "cpu" else largest_batch(args.arch, args.head, env, precision,
+                                                                        args.frames, size, 32, 4096))
+    model, optimizer = make_model(args.arch, args.head, device)
+    data = make_batch(batch, args.frames, size, device)
+    flops = count_flops(model, optimizer, data, env, precision)
+    seconds, peak = measure(model, optimizer, data, env, precision, args.repeats)
+    achieved = flops / seconds
+    mfu = f"{100 * achieved / (peak_tflops * 1e12):.1f}%" if peak_tflops else "n/a (give --peak_tflops)"
+    print(f"{args.head}, {args.arch}, {args.frames} frames x {size}px, 32 tokens, {precision}, device {device}, "
+          f"torch threads {torch.get_num_threads()}")
+    print("| batch (pairs) | step (s) | pairs/s | peak memory (GiB) | TFLOP per step | achieved TFLOP/s | MFU |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {batch} | {seconds:.3f} | {batch / seconds:.1f} | {peak:.2f} | {flops / 1e12:.3f} | "
+          f"{achieved / 1e12:.3f} | {mfu} |")
+    return {"batch": batch, "seconds": seconds, "flops": flops, "peak_gib": peak}
+
+
+if __name__ == "__main__":
+    main()
