@@ -4,7 +4,8 @@
     python benchmarks/bench_backbone.py --device cuda   # also bf16 autocast on a GPU
 
 Both models get identical random weights (ours exported through the Hugging Face name mapping), the
-outputs are checked equal before timing, and each measurement is the median of --repeats runs.
+outputs are checked equal before timing, and each figure is the median of --repeats runs taken
+alternately with the other model's.
 """
 from __future__ import annotations
 
@@ -46,18 +47,24 @@ def features(out):
     return out if torch.is_tensor(out) else out.pooler_output
 
 
-def timed(fn, repeats, device):
-    fn()  # warm-up (allocator, kernels, caches)
-    times = []
-    for _ in range(repeats):
+def timed_pair(fn_a, fn_b, repeats, device):
+    """Median seconds of two functions measured alternately, so load changes on a shared machine hit
+    both equally."""
+    def once(fn):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        return time.perf_counter() - start
+
+    once(fn_a), once(fn_b)  # warm-up (allocator, kernels, caches)
+    times_a, times_b = [], []
+    for _ in range(repeats):
+        times_a.append(once(fn_a))
+        times_b.append(once(fn_b))
+    return statistics.median(times_a), statistics.median(times_b)
 
 
 def main(argv=None):
@@ -103,7 +110,7 @@ def main(argv=None):
                     theirs.get_image_features(pixel_values=images)
                     theirs.get_text_features(input_ids=ids, attention_mask=mask)
 
-            t_ours, t_theirs = timed(run_ours, args.repeats, device), timed(run_theirs, args.repeats, device)
+            t_ours, t_theirs = timed_pair(run_ours, run_theirs, args.repeats, device)
             rows.append((label, t_ours, t_theirs))
 
     print(f"{args.arch}, {args.frames} frames + {args.captions} captions x {args.max_words} tokens, device {device}, "
