@@ -50,7 +50,15 @@ def write_csv(path: Path, header, rows):
 
 
 def test_registry_lists_every_benchmark():
-    assert set(list_datasets()) == {"msrvtt", "msvd", "lsmdc", "didemo", "activitynet", "vatex", "webvid", "csv", "jsonl"}
+    assert set(list_datasets()) == {"msrvtt", "msvd", "lsmdc", "didemo", "activitynet", "vatex", "webvid", "csv", "jsonl",
+                                    "activity"}
+
+
+def test_clip4clip_datatype_alias_resolves_to_the_same_parser():
+    from dataloaders.datasets import get_parser
+
+    assert get_parser("activity") is get_parser("activitynet")
+    assert get_parser("activity").name == "activitynet"
 
 
 # ------------------------------------------------------------------------------------------------ MSR-VTT
