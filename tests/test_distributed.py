@@ -80,3 +80,65 @@ def test_epoch_sampler_global_batches_match_across_world_sizes():
     assert list(one) != single  # a new order every epoch
     one.set_epoch(1, start_step=3)
     assert list(one) == single[24:]  # resume skips the finished steps
+
+
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+class SyntheticSplit:
+    """5 videos with 2, 1, 3, 1, 2 captions: 9 captions and 5 videos, neither divisible by 2 ranks."""
+
+    split = "test"
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(5)
+        owners = [0, 0, 1, 2, 2, 2, 3, 4, 4]
+        ids, mask = tokenize([f"caption {i} of video {v}" for i, v in enumerate(owners)], 12)
+        self.caption_to_video = torch.tensor(owners)
+        self.num_videos, self.num_captions = 5, len(owners)
+        self._text = [{"text_ids": ids[i], "text_mask": mask[i], "caption_index": i} for i in range(len(owners))]
+        self._video = [{"video": torch.randn(3, 3, 32, 32, generator=g), "video_mask": torch.ones(3, dtype=torch.long),
+                        "video_index": v} for v in range(5)]
+
+    def text_dataset(self):
+        return _Items(self._text)
+
+    def video_dataset(self):
+        return _Items(self._video)
+
+
+def eval_args():
+    from engine.options import build_parser
+
+    return build_parser().parse_args(["--batch_size_val", "2", "--num_thread_reader", "0"])
+
+
+def _eval_worker(rank, world_size, rendezvous, out_dir):
+    from engine.trainer import evaluate_split
+
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
+    try:
+        result = evaluate_split(make_model(), SyntheticSplit(), eval_args(), DistEnv(rank, world_size, 0, torch.device("cpu")))
+        assert (result is None) == (rank != 0)
+        if rank == 0:
+            torch.save(result.metrics, f"{out_dir}/metrics.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_evaluation_equals_single_process(tmp_path):
+    from engine.trainer import evaluate_split
+
+    single = evaluate_split(make_model(), SyntheticSplit(), eval_args(), DistEnv()).metrics
+    mp.spawn(_eval_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
+    sharded = torch.load(tmp_path / "metrics.pt", weights_only=True)
+    assert sharded == single
+    assert single["num_captions"] == 9 and single["num_videos"] == 5

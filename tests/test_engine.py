@@ -161,3 +161,17 @@ def test_do_eval_reports_raw_beside_dsl_and_qb_norm(toy, tmp_path):
     assert {"t2v/R1", "v2t/R1", "dsl/t2v/R1", "qbnorm/t2v/R1", "qbnorm/beta"} <= metrics.keys()
     # QB-Norm's beta/k can only come from the validation split: without one the run refuses.
     assert main_task_retrieval.main(argv) == 2
+
+
+@pytest.mark.parametrize("extra", [["--precision", "amp_bf16"], ["--precision", "fp16_weights"],
+                                   ["--gradient_accumulation_steps", "2", "--optim", "bertadam"]])
+def test_precision_accumulation_and_parity_optimiser_modes_train(toy, tmp_path, extra):
+    assert main_task_retrieval.main(run_args(toy, tmp_path, "--epochs", "1", *extra)) == 0
+    state = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)
+    assert state["step"] == 3  # 12 items / global batch 4, whatever the accumulation
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    if "fp16_weights" in extra:
+        assert state["model"]["clip.visual.transformer.resblocks.0.attn.in_proj_weight"].dtype == torch.float16
+        assert state["model"]["clip.visual.ln_pre.weight"].dtype == torch.float32
+    metrics = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["metrics"]
+    assert metrics["num_captions"] == 6 and metrics["t2v/R1"] == metrics["t2v/R1"]

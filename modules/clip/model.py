@@ -104,7 +104,9 @@ class TextTransformer(nn.Module):
         """(N, L) ids -> (N, L, width) token plus position embeddings."""
         if ids.shape[1] > self.cfg.context_length:
             raise ValueError(f"{ids.shape[1]} tokens exceed the context length {self.cfg.context_length}")
-        return self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]
+        x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]
+        # Embeddings stay fp32 when the blocks hold fp16 weights (CLIP4Clip's fp16 mode): follow the blocks.
+        return x.to(self.transformer.resblocks[0].attn.in_proj_weight.dtype) if self.transformer.layers else x
 
     def forward(self, ids: Tensor, hooks: Sequence[BlockHook] = (), pool_index: Tensor | None = None,
                 return_tokens: bool = False):
