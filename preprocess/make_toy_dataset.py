@@ -17,6 +17,7 @@ import io
 import json
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -269,9 +270,39 @@ def render(clip: Clip, size: int, num_frames: int) -> np.ndarray:
     return frames[::-1].copy() if clip.reversed_ else frames
 
 
+def encode_mp4(path: Path, frames: np.ndarray, fps: float) -> Path:
+    """Write uint8 RGB frames (T, H, W, 3) as an H.264 (yuv420p) mp4 in this process with PyAV, with
+    the settings of ``preprocess.synthetic.write_video`` (ultrafast, crf 18, GOP 12) but without
+    starting an ``ffmpeg`` per video (about 10x faster on these tiny clips). Falls back to that
+    function when PyAV is missing. Written under a temporary name and renamed: a file present is whole.
+    """
+    try:
+        import av
+    except ImportError:
+        return write_video(path, frames, fps)
+    rate = Fraction(fps).limit_denominator(1001)
+    tmp = path.with_name(path.name + ".part.mp4")
+    try:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=rate)
+            stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+            # One encoder thread: the clips are encoded in parallel by processes already.
+            stream.options = {"preset": "ultrafast", "crf": "18", "g": "12", "threads": "1"}
+            for index, rgb in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+                frame.pts = index
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())  # flush
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
+    return path
+
+
 def _write(job) -> str:
     clip, path, size, num_frames, fps = job
-    write_video(path, render(clip, size, num_frames), fps)
+    encode_mp4(path, render(clip, size, num_frames), fps)
     return clip.video_id
 
 
@@ -380,7 +411,7 @@ def make_toy_dataset(output_dir: str | os.PathLike, seed: int = 0, num_train: in
     _atomic_write(config, json.dumps(params, indent=1) + "\n")  # first, so a resumed run is checked too
 
     train, test, pairs = plan(seed, num_train, num_test)
-    for stale in videos_dir.glob("*.part.mp4"):  # left by a killed ffmpeg
+    for stale in videos_dir.glob("*.part.mp4"):  # left by a killed encoder
         stale.unlink()
     jobs = [(c, videos_dir / f"{c.video_id}.mp4", size, num_frames, fps) for c in train + test
             if not (videos_dir / f"{c.video_id}.mp4").is_file()]
