@@ -14,7 +14,10 @@ row with its dataset index, so gathered shards can be put back in order (duplica
 """
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -23,6 +26,7 @@ from torch.utils.data import DataLoader, Sampler
 from modules import metrics as M
 
 Features = Any  # Tensor or tuple of Tensors, batch in dim 0
+log = logging.getLogger("univtr")
 
 
 def concat_features(parts: Sequence[Features]) -> Features:
@@ -120,6 +124,94 @@ def similarity_tiles(model, text: Features, video: Features) -> M.TileFn:
     return tile
 
 
+# ----------------------------------------------------------------------------------------------------
+# Query subsets (--eval_query_subset NAME=FILE.json): T2V over some captions, against the whole gallery
+
+
+def find_subset_file(path: str, args) -> Path:
+    """``path`` as given, else relative to --data_path (its folder when it names a file)."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    data_path = getattr(args, "data_path", None)
+    if data_path and not given.is_absolute():
+        base = Path(data_path)
+        base = base.parent if base.is_file() else base
+        if (base / given).is_file():
+            return base / given
+    raise ValueError(f"--eval_query_subset: no such file {path}" + (f" (nor in {data_path})" if data_path else ""))
+
+
+def read_subset_entries(path: Path) -> list[str]:
+    """The strings of a subset file: a JSON list, or an object with a "video_ids" and/or a "captions"
+    list (video ids first). Each string is a video id or a caption."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"--eval_query_subset: cannot read {path} as JSON ({error})") from error
+    if isinstance(data, dict):
+        lists = [data[key] for key in ("video_ids", "captions") if key in data]
+        if not lists:
+            raise ValueError(f"--eval_query_subset: {path} is an object without a 'video_ids' or 'captions' list "
+                             f"(keys: {', '.join(sorted(data)) or 'none'})")
+        entries = [x for part in lists for x in (part if isinstance(part, list) else [None])]
+    elif isinstance(data, list):
+        entries = data
+    else:
+        raise ValueError(f"--eval_query_subset: {path} holds a JSON {type(data).__name__}; expected a list or an object")
+    if not all(isinstance(x, str) for x in entries):
+        raise ValueError(f"--eval_query_subset: {path}: every entry must be a string (a video id or a caption)")
+    return entries
+
+
+def subset_query_indices(entries: Sequence[str], video_ids: Sequence[str], captions: Sequence[str],
+                         caption_to_video: torch.Tensor, *, skip: Sequence[str] = (), source: str = "subset") -> torch.Tensor:
+    """Sorted caption indices selected by ``entries``: a video id selects all captions of that video,
+    otherwise an entry must equal a caption. Entries in ``skip`` (e.g. videos missing on disk, so
+    not in the split) are ignored; any other unmatched entry is an error."""
+    video_index = {vid: i for i, vid in enumerate(video_ids)}
+    by_text: dict[str, list[int]] = {}
+    for i, text in enumerate(captions):
+        by_text.setdefault(text, []).append(i)
+    owner = caption_to_video.long()
+    chosen = torch.zeros(len(captions), dtype=torch.bool)
+    skipped, unmatched = set(skip), []
+    for entry in entries:
+        if entry in video_index:
+            chosen |= owner == video_index[entry]
+        elif entry in by_text:
+            chosen[by_text[entry]] = True
+        elif entry not in skipped:
+            unmatched.append(entry)
+    if unmatched:
+        raise ValueError(f"--eval_query_subset {source}: {len(unmatched)} entries are neither a video id nor a caption "
+                         f"of the split (first: {', '.join(repr(x) for x in unmatched[:3])})")
+    if not chosen.any():
+        raise ValueError(f"--eval_query_subset {source}: selects no caption of the split")
+    return torch.nonzero(chosen).flatten()
+
+
+def query_subsets(dataset, args) -> dict[str, tuple[torch.Tensor, str]]:
+    """{name: (caption indices, file)} for every --eval_query_subset, resolved against ``dataset``."""
+    out = {}
+    for name, path in getattr(args, "eval_query_subset", None) or []:
+        if name in out:
+            raise ValueError(f"--eval_query_subset: the name {name!r} is given twice")
+        file = find_subset_file(path, args)
+        skip = [record.video_id for record in getattr(dataset, "missing_videos", [])]
+        out[name] = (subset_query_indices(read_subset_entries(file), [r.video_id for r in dataset.records],
+                                          dataset.captions, dataset.caption_to_video, skip=skip,
+                                          source=f"{name}={path}"), str(file))
+    return out
+
+
+def _subset_metrics(subsets, ranks_of, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for name, (queries, _) in subsets.items():
+        out.update(M.summarise({"t2v": ranks_of(queries)}, prefix=f"{prefix}{name}/"))
+    return out
+
+
 @dataclass
 class EvalResult:
     metrics: dict[str, float]
@@ -136,22 +228,39 @@ def choose_qb_norm_params(model, val: EncodedSplit, bank: Features, args) -> tup
 
 @torch.no_grad()
 def evaluate_encoded(model, encoded: EncodedSplit, args, *, bank: Features | None = None,
-                     qb_norm_params: tuple[float, int] | None = None, split: str = "test") -> EvalResult:
-    """Metrics from already encoded features: raw, then DSL / QB-Norm when enabled."""
+                     qb_norm_params: tuple[float, int] | None = None, split: str = "test",
+                     dataset=None) -> EvalResult:
+    """Metrics from already encoded features: raw, then DSL / QB-Norm when enabled. Query subsets
+    (--eval_query_subset) are resolved against ``dataset``, built here for ``split`` when not given."""
+    subsets = {}
+    if getattr(args, "eval_query_subset", None):
+        if dataset is None:
+            from dataloaders import build_dataset
+
+            dataset = build_dataset(args, split)
+        if dataset.num_captions != encoded.num_captions or dataset.num_videos != encoded.num_videos:
+            raise ValueError(f"--eval_query_subset: the {split} split has {dataset.num_captions} captions x "
+                             f"{dataset.num_videos} videos, the encoded features {encoded.num_captions} x {encoded.num_videos}")
+        subsets = query_subsets(dataset, args)
     tiles = similarity_tiles(model, encoded.text, encoded.video)
     tile_elements = args.eval_tile_elements
     counts = M.count_ranks(tiles, encoded.caption_to_video, encoded.num_videos,
                            count_ties=args.legacy_metrics, tile_elements=tile_elements)
     results = M.summarise(counts.ranks(args.legacy_metrics))
+    results.update(_subset_metrics(subsets, lambda q: counts.t2v_ranks_of(q, args.legacy_metrics)))
     results.update({"num_captions": float(encoded.num_captions), "num_videos": float(encoded.num_videos)})
+    results.update({f"{name}/num_captions": float(q.numel()) for name, (q, _) in subsets.items()})
     notes = [f"{split}: {encoded.num_captions} captions x {encoded.num_videos} videos; rank = 1 + #strictly higher"
              if not args.legacy_metrics else f"{split}: ties counted by CLIP4Clip's equality search (--legacy_metrics)"]
+    notes += [f"{name}/t2v: the {q.numel()} captions selected by {file}, each ranked against all "
+              f"{encoded.num_videos} videos" for name, (q, file) in subsets.items()]
 
     if args.dsl:
         t2v, v2t = M.dsl_transforms(tiles, encoded.num_captions, encoded.num_videos, args.dsl_temperature, tile_elements)
         dsl_counts = M.count_ranks(tiles, encoded.caption_to_video, encoded.num_videos, t2v_transform=t2v,
                                    v2t_transform=v2t, tile_elements=tile_elements)
         results.update(M.summarise(dsl_counts.ranks(), prefix="dsl/"))
+        results.update(_subset_metrics(subsets, dsl_counts.t2v_ranks_of, prefix="dsl/"))
         notes.append(f"dsl: S * softmax({args.dsl_temperature:g} * S over queries) * N (post-processing over all test queries)")
 
     if args.qb_norm:
@@ -162,6 +271,7 @@ def evaluate_encoded(model, encoded: EncodedSplit, args, *, bank: Features | Non
                                        similarity_tiles(model, bank, encoded.video), feature_count(bank), beta, k,
                                        args.qb_norm_min_hits, tile_elements)
         results.update(M.summarise({"t2v": ranks}, prefix="qbnorm/"))
+        results.update(_subset_metrics(subsets, lambda q: ranks[q], prefix="qbnorm/"))
         results.update({"qbnorm/beta": float(beta), "qbnorm/k": float(k), "qbnorm/bank_size": float(feature_count(bank))})
         notes.append(f"qbnorm: beta={beta:g} k={k} min_hits={args.qb_norm_min_hits}, bank = {feature_count(bank)} "
                      "training captions, beta/k chosen on the validation split")
@@ -178,7 +288,8 @@ def evaluate_retrieval(model, dataset, args, *, device=None, bank: Features | No
         model.eval()
     try:
         encoded = encode_split(model, dataset, args, device, text_sampler, video_sampler)
-        return evaluate_encoded(model, encoded, args, bank=bank, qb_norm_params=qb_norm_params, split=dataset.split)
+        return evaluate_encoded(model, encoded, args, bank=bank, qb_norm_params=qb_norm_params, split=dataset.split,
+                                dataset=dataset)
     finally:
         if was_training:
             model.train()

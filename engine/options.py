@@ -64,6 +64,22 @@ def add_selection_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
+_RESERVED_SUBSET_NAMES = {"t2v", "v2t", "v2t_groupmax", "v2t_allcaps", "dsl", "qbnorm", "num_captions", "num_videos"}
+
+
+def _query_subset(value: str) -> tuple[str, str]:
+    """``NAME=FILE.json`` -> (NAME, FILE.json); NAME becomes the metric prefix (``NAME/t2v/R1``)."""
+    name, sep, path = value.partition("=")
+    name = name.strip()
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE.json, got {value!r}")
+    if "/" in name or not all(c.isalnum() or c in "_.-" for c in name):
+        raise argparse.ArgumentTypeError(f"subset name {name!r}: use letters, digits, '_', '.', '-'")
+    if name in _RESERVED_SUBSET_NAMES:
+        raise argparse.ArgumentTypeError(f"subset name {name!r} is taken by a metric; choose another")
+    return name, path
+
+
 def add_eval_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group = parser.add_argument_group("evaluation")
     group.add_argument("--batch_size_val", type=int, default=64, help="captions / videos per evaluation batch")
@@ -84,6 +100,11 @@ def add_eval_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="QB-Norm: a video is active when at least this many bank queries have it in their top k")
     group.add_argument("--qb_norm_bank_size", type=int, default=None,
                        help="QB-Norm: use the first N training captions as the bank (default all)")
+    group.add_argument("--eval_query_subset", type=_query_subset, action="append", default=None, metavar="NAME=FILE",
+                       help="also report T2V over a subset of the queries (against the whole gallery) as NAME/t2v/...; "
+                            "FILE is JSON: a list of video ids and/or captions, or an object with 'video_ids' and/or "
+                            "'captions' lists (e.g. the toy dataset's temporal_pairs.json); a video id selects all "
+                            "its captions. FILE is looked up as given, then in --data_path. Repeatable")
     return parser
 
 

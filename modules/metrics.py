@@ -124,6 +124,15 @@ class RankCounts:
             out["v2t_allcaps"] = self.v2t_cap_greater[valid] + 1
         return out
 
+    def t2v_ranks_of(self, queries: torch.Tensor, legacy_ties: bool = False) -> torch.Tensor:
+        """T2V ranks of the given caption indices only (each still ranked against the whole gallery),
+        under the same tie convention as :meth:`ranks`."""
+        queries = _to_tensor(queries).long()
+        greater = self.t2v_greater[queries]
+        if legacy_ties and self.square and self.t2v_equal is not None:
+            return _legacy_entries(greater, self.t2v_equal[queries])
+        return greater + 1
+
 
 def count_ranks(
     tile_fn: TileFn,
