@@ -180,7 +180,8 @@ def evaluate_split(head, dataset, args, env: DistEnv, precision: str = "fp32", q
         if not env.is_main:
             return None
         bank, params = qb_norm if qb_norm is not None else (None, None)
-        return evaluate_encoded(head, encoded, args, bank=bank, qb_norm_params=params, split=dataset.split)
+        return evaluate_encoded(head, encoded, args, bank=bank, qb_norm_params=params, split=dataset.split,
+                                dataset=dataset)
     finally:
         head.train(was_training)
 
@@ -379,9 +380,10 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
             step += 1
             elapsed = time.perf_counter() - started
             if progress is not None:
-                progress.update(1)
                 progress.set_postfix(loss=f"{losses_for_log.get('loss', float('nan')):.4f}",
-                                     lr=f"{scheduler.get_last_lr()[-1]:.2e}", pairs_s=f"{pairs / max(elapsed, 1e-9):.1f}")
+                                     lr=f"{scheduler.get_last_lr()[-1]:.2e}", pairs_s=f"{pairs / max(elapsed, 1e-9):.1f}",
+                                     refresh=False)  # update() redraws, at most every mininterval
+                progress.update(1)
             if step % args.n_display == 0:
                 log.info("epoch %d step %d/%d loss %.4f lr %.3e %.1f pairs/s", epoch + 1, step_in_epoch + 1, sampler.steps,
                          losses_for_log.get("loss", float("nan")), scheduler.get_last_lr()[-1], pairs / max(elapsed, 1e-9))
