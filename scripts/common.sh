@@ -15,6 +15,13 @@ require_env() {
   fi
 }
 
+# The three locations every MSR-VTT recipe needs.
+require_msrvtt_env() {
+  require_env DATA_DIR "the folder with MSRVTT_train.9k.csv, MSRVTT_JSFUSION_test.csv and MSRVTT_data.json"
+  require_env VIDEO_DIR "the folder with the MSR-VTT videos (video0.mp4 ...)"
+  require_env CLIP_DIR "the folder holding ViT-B-32.pt"
+}
+
 launch() {
   local root
   root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

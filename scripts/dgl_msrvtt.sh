@@ -3,10 +3,8 @@
 # LATENT=linear gives DGL-Linear. The official run has 512 negatives per loss (128 x 4 GPUs): --batch_size
 # is our GLOBAL batch, so any NPROC keeps it.
 source "$(dirname "$0")/common.sh"
-require_env MSRVTT_DIR "the folder with MSRVTT_train.9k.csv, MSRVTT_JSFUSION_test.csv and MSRVTT_data.json"
-require_env VIDEO_DIR "the folder with the MSR-VTT videos (video0.mp4 ...)"
-require_env CLIP_DIR "the folder holding ViT-B-32.pt"
+require_msrvtt_env
 launch --do_train --config "$(dirname "$0")/../configs/dgl_msrvtt.yaml" \
-  --data_path "$MSRVTT_DIR" --features_path "$VIDEO_DIR" --pretrained_dir "$CLIP_DIR" \
+  --data_path "$DATA_DIR" --features_path "$VIDEO_DIR" --pretrained_dir "$CLIP_DIR" \
   --shared_latent_space "${LATENT:-transformer}" \
   --output_dir "${OUTPUT_DIR:-ckpts/msrvtt_dgl_${LATENT:-transformer}}"

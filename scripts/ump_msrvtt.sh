@@ -2,9 +2,7 @@
 # UMP (our reconstruction, docs/prompt_tuning.md) on MSR-VTT 9k / 1k-A with the README command's settings
 # (configs/ump_msrvtt.yaml): batch 32 on one GPU, lr 3e-5 for the prompts, 5 epochs.
 source "$(dirname "$0")/common.sh"
-require_env MSRVTT_DIR "the folder with MSRVTT_train.9k.csv, MSRVTT_JSFUSION_test.csv and MSRVTT_data.json"
-require_env VIDEO_DIR "the folder with the MSR-VTT videos (video0.mp4 ...)"
-require_env CLIP_DIR "the folder holding ViT-B-32.pt"
+require_msrvtt_env
 launch --do_train --config "$(dirname "$0")/../configs/ump_msrvtt.yaml" \
-  --data_path "$MSRVTT_DIR" --features_path "$VIDEO_DIR" --pretrained_dir "$CLIP_DIR" \
+  --data_path "$DATA_DIR" --features_path "$VIDEO_DIR" --pretrained_dir "$CLIP_DIR" \
   --output_dir "${OUTPUT_DIR:-ckpts/msrvtt_ump}"
