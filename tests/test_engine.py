@@ -68,6 +68,11 @@ def test_metrics_file_and_selection_rule(toy, tmp_path):
     assert lines[0]["selection_rule"].startswith("final_epoch")
     assert 0 <= lines[0]["metrics"]["t2v/R1"] <= 100 and lines[0]["metrics"]["num_videos"] == 6
     assert (tmp_path / "log.txt").read_text().count("loss") >= 3
+    # The saved model evaluates to the same numbers through --do_eval --init_model.
+    argv = [a for a in run_args(toy, tmp_path / "eval") if a != "--do_train"]
+    assert main_task_retrieval.main(argv + ["--do_eval", "--init_model", str(tmp_path / "model_final.pt")]) == 0
+    again = json.loads((tmp_path / "eval" / "metrics.jsonl").read_text().splitlines()[-1])["metrics"]
+    assert again == lines[0]["metrics"]
 
 
 def test_val_from_train_drives_selection(toy, tmp_path):
