@@ -1,6 +1,6 @@
 """Prompt tuning against full fine-tuning: cost at ViT-B/32 shapes and T2V R@1 on the demo dataset, in one run.
 
-    python benchmarks/bench_prompt_tuning.py --steps 2 --threads 2   # both parts, CPU (about 14 min on 2 cores)
+    python benchmarks/bench_prompt_tuning.py --steps 2 --threads 2   # both parts, CPU (13 min on 2 cores)
     python benchmarks/bench_prompt_tuning.py --no_demo --device cuda --batch 32   # the cost part only, on a GPU
     python benchmarks/bench_prompt_tuning.py --no_cost                # the demo part only
 
