@@ -109,6 +109,7 @@ class VideoClipLoader:
             clip = train_transform(frames, self.image_size, rng, self.augment)
         else:
             clip = eval_transform(frames, self.image_size)
+        # Zeros only pad a short clip up to max_frames (mask 0 there); a failed decode raised above.
         video = torch.zeros(self.max_frames, 3, self.image_size, self.image_size, dtype=torch.float32)
         mask = torch.zeros(self.max_frames, dtype=torch.long)
         video[:len(clip)] = clip
