@@ -180,6 +180,5 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
         config = yaml.safe_load(path.read_text()) or {}
         if not isinstance(config, dict):
             parser.error(f"{path}: expected a mapping of flag: value")
-        command_line = argv if argv is not None else sys.argv[1:]
-        argv = config_to_argv(parser, config, str(path)) + list(command_line)
+        argv = config_to_argv(parser, config, str(path)) + argv  # the command line wins
     return parser.parse_args(argv)
