@@ -23,14 +23,13 @@ def get_args(argv: Sequence[str] | None = None):
 
 def main(argv: Sequence[str] | None = None) -> int:
     from dataloaders import DataError
-    from engine.checkpoint import CheckpointError as TrainCheckpointError
     from engine.trainer import run
     from modules.clip import CheckpointError
 
     args = get_args(argv)
     try:
         run(args)
-    except (DataError, CheckpointError, TrainCheckpointError, FloatingPointError, ValueError) as error:
+    except (DataError, CheckpointError, FloatingPointError, ValueError) as error:
         # Problems with the user's data, weights or flags: one line, no traceback wall.
         logging.getLogger("univtr").debug("details", exc_info=True)
         print(f"error: {error}", file=sys.stderr)

@@ -15,11 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from modules.clip.loading import CheckpointError  # one error type for every unreadable checkpoint
+
 FORMAT = "univtr-train-v1"
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def code_version() -> str:

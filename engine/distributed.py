@@ -58,13 +58,18 @@ def env_from_group(device: torch.device = torch.device("cpu")) -> DistEnv:
     return DistEnv(dist.get_rank(), dist.get_world_size(), 0, device)
 
 
+def _all_gather_cat(x: Tensor) -> Tensor:
+    """Every rank's equally shaped ``x``, concatenated on dim 0 in rank order (no autograd)."""
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
 class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
         ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts, dim=0)
+        return _all_gather_cat(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
@@ -113,8 +118,4 @@ def shard_indices(total: int, env: DistEnv) -> list[int]:
 
 def gather_rows(x: Tensor, env: DistEnv) -> Tensor:
     """Concatenate equally sized per-rank tensors on every rank (no gradient)."""
-    if not env.distributed:
-        return x
-    parts = [torch.empty_like(x) for _ in range(env.world_size)]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=0)
+    return _all_gather_cat(x) if env.distributed else x

@@ -57,7 +57,7 @@ def put_in_order(features: Features, indices: torch.Tensor, total: int) -> Featu
     return select_features(features, keep)
 
 
-def _to_device(batch: dict, device) -> dict:
+def to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
@@ -66,7 +66,7 @@ def encode(model, loader: DataLoader, side: str, device) -> tuple[Features, torc
     """Encode every item of a caption or video loader; returns (features, dataset indices)."""
     parts, indices = [], []
     for batch in loader:
-        batch = _to_device(batch, device)
+        batch = to_device(batch, device)
         if side == "text":
             parts.append(model.encode_text(batch["text_ids"], batch["text_mask"]))
             indices.append(batch["caption_index"].cpu())

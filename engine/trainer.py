@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Sampler, Subset
 from engine import checkpoint as ckpt
 from engine.distributed import (DistEnv, all_reduce_flag, barrier, gather_features, gather_rows, init_distributed,
                                 shard_indices)
+from engine.evaluate import to_device
 from engine.optim import build_optimizer
 
 log = logging.getLogger("univtr")
@@ -139,10 +140,6 @@ def contrastive_losses(model, batch: dict, env: DistEnv, precision: str = "fp32"
     return head.compute_loss(text, video)
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
 # ----------------------------------------------------------------------------------------------------
 # Evaluation, sharded over ranks
 
@@ -246,6 +243,7 @@ def run(args) -> dict:
     """Train and/or evaluate as the flags say; returns the last metrics (rank 0) or {}."""
     from dataloaders import build_dataset, selection_rule
     from modules import build_model
+    from modules.factory import count_parameters
 
     env = init_distributed(args.device)
     output_dir = Path(args.output_dir) if args.output_dir else None
@@ -265,8 +263,8 @@ def run(args) -> dict:
     rule = selection_rule(args)
     metrics_log = MetricsLog(output_dir, env, rule.description)
     log.info("model %s: %s trainable / %s parameters; world size %d; device %s", model.head_name,
-             f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}",
-             f"{sum(p.numel() for p in model.parameters()):,}", env.world_size, env.device)
+             f"{count_parameters(model, trainable_only=True):,}", f"{count_parameters(model):,}", env.world_size,
+             env.device)
 
     test_set = build_dataset(args, "test")
     log.info(test_set.describe())
