@@ -24,6 +24,7 @@ from engine import checkpoint as ckpt
 from engine.distributed import (DistEnv, all_reduce_flag, barrier, gather_features, gather_rows, init_distributed,
                                 shard_indices)
 from engine.evaluate import to_device
+from engine.step import StepContext, as_float, autocast_context
 from engine.optim import build_optimizer
 
 log = logging.getLogger("univtr")
@@ -97,14 +98,6 @@ class EpochSampler(Sampler):
 # Precision
 
 
-def autocast_context(precision: str, device: torch.device):
-    if precision == "amp_bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision == "amp_fp16":
-        return torch.autocast(device.type, dtype=torch.float16)
-    return nullcontext()
-
-
 def convert_clip_to_fp16(model) -> None:
     """CLIP4Clip's fp16 weights: linear, conv and attention weights and the two projections of CLIP in
     half precision (norms and embeddings stay fp32), trained as such."""
@@ -120,24 +113,14 @@ def convert_clip_to_fp16(model) -> None:
     model.clip.text.proj.data = model.clip.text.proj.data.half()
 
 
-def as_float(features):
-    if isinstance(features, (tuple, list)):
-        return tuple(f.float() if f.is_floating_point() else f for f in features)
-    return features.float()
-
-
 # ----------------------------------------------------------------------------------------------------
 # One training step
 
 
-def contrastive_losses(model, batch: dict, env: DistEnv, precision: str = "fp32") -> dict[str, torch.Tensor]:
-    """Encode the local micro-batch, gather features from every rank, compute the head's losses on the
-    global batch. ``model`` may be DDP-wrapped; the loss is the same on every rank."""
-    head = getattr(model, "module", model)
-    with autocast_context(precision, env.device):
-        text, video = model(batch["text_ids"], batch["text_mask"], batch["video"], batch["video_mask"])
-    text, video = as_float(gather_features(text)), as_float(gather_features(video))
-    return head.compute_loss(text, video)
+def contrastive_losses(model, batch: dict, env: DistEnv, precision: str = "fp32", step: int = 0) -> dict[str, torch.Tensor]:
+    """One micro-step's named losses, computed by the head's ``training_step`` through ``model``'s
+    forward (``model`` may be DDP-wrapped, so DDP sees the step). The loss is the same on every rank."""
+    return model(batch, StepContext(env, precision, step))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -344,7 +327,7 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
                 batch = to_device(next(micro_batches), env.device)
                 sync = a == args.gradient_accumulation_steps - 1 or not env.distributed
                 with (nullcontext() if sync else ddp_model.no_sync()):
-                    losses = contrastive_losses(ddp_model, batch, env, args.precision)
+                    losses = contrastive_losses(ddp_model, batch, env, args.precision, step)
                     loss = losses["loss"]
                     if all_reduce_flag(not bool(torch.isfinite(loss)), env):
                         skipped = True
@@ -374,6 +357,7 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 model.clamp_logit_scale()
+                model.after_optimizer_step(StepContext(env, args.precision, step + 1))
             scheduler.step()
             step += 1
             elapsed = time.perf_counter() - started

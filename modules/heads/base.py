@@ -8,6 +8,10 @@ A method is a ``RetrievalHead`` subclass in its own file under ``modules/heads/`
 * ``similarity(text_features, video_features)`` -> (Nt, Nv) scores before the logit scale.
 * ``compute_loss(text_features, video_features)`` -> {"loss": ..., other named terms} on the (gathered)
   batch, rows = texts, ground truth on the diagonal.
+* ``training_step(batch, ctx)`` -> named losses of one micro-step (default: encode, gather,
+  ``compute_loss``); a pre-training head overrides it (masked inputs, momentum encoders, queues), and
+  ``after_optimizer_step(ctx)`` for what follows each optimiser step. State kept between steps is
+  registered as buffers or sub-modules, so checkpoints carry it.
 * ``param_groups(args)`` -> optimiser groups (CLIP at lr x coef_lr, new modules at lr).
 """
 from __future__ import annotations
@@ -77,9 +81,21 @@ class RetrievalHead(nn.Module):
         self.args = args
 
     # -- what the engine calls ------------------------------------------------------------------
-    def forward(self, text_ids: Tensor, text_mask: Tensor, video: Tensor, video_mask: Tensor):
-        """Both sides of a training batch; going through forward lets DDP see the step."""
-        return self.encode_text(text_ids, text_mask), self.encode_video(video, video_mask)
+    def forward(self, batch: dict, ctx) -> dict[str, Tensor]:
+        """One training micro-step (the engine calls it through DDP so DDP sees the step)."""
+        return self.training_step(batch, ctx)
+
+    def training_step(self, batch: dict, ctx) -> dict[str, Tensor]:
+        """Named losses of one micro-step, ``"loss"`` being the total to back-propagate. ``ctx`` is the
+        engine's ``StepContext`` (autocast, gathering across ranks, rank, step). The default: encode
+        both sides, gather them from every rank, ``compute_loss`` on the global batch."""
+        with ctx.autocast():
+            text = self.encode_text(batch["text_ids"], batch["text_mask"])
+            video = self.encode_video(batch["video"], batch["video_mask"])
+        return self.compute_loss(ctx.gather(text), ctx.gather(video))
+
+    def after_optimizer_step(self, ctx) -> None:
+        """Runs after every optimiser step (momentum updates and the like); nothing by default."""
 
     def encode_text(self, text_ids: Tensor, text_mask: Tensor):
         return self.clip.encode_text(text_ids, text_mask)
