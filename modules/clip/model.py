@@ -46,6 +46,7 @@ class VisionTransformer(nn.Module):
         with torch.no_grad():
             self.conv2.weight.zero_()
             self.conv2.weight[:, :, 1] = weight
+        self.conv1.requires_grad_(False)  # video frames now go through conv2 only; conv1 stays for images
 
     def patchify(self, images: Tensor, num_frames: int | None = None) -> Tensor:
         """(N, 3, H, W) -> patch tokens (N, P, width); with a 3-D patch, N = videos x ``num_frames``."""

@@ -100,6 +100,8 @@ class TightTransformer(RetrievalHead):
         self.score = nn.Linear(dim, 1, bias=False)  # a bias shifts every pair equally: InfoNCE ignores it
         for emb in (self.type_embeddings, self.position_embeddings):
             nn.init.normal_(emb.weight, std=0.02)
+        # The pair scores are trained without CLIP's temperature, so it never reaches the loss: frozen.
+        clip.logit_scale.requires_grad_(False)
 
     def encode_text(self, text_ids: Tensor, text_mask: Tensor):
         _, tokens = self.clip.encode_text(text_ids, text_mask, return_tokens=True)

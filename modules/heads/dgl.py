@@ -145,10 +145,13 @@ class DGL(PromptTuningHead):
         self.prompt_embeddings = nn.Parameter(torch.empty(self.num_global, wv).uniform_(-bound, bound))
         if self.latent == "linear":
             self.visual_prompt_embedding = nn.Parameter(torch.empty(self.num_local, depth * wv).uniform_(-bound, bound))
-            # Both projections always exist (so the counts match the paper); the postfix one is dead.
+            # Both projections always exist (the paper's count and released checkpoints include the postfix
+            # one), but the postfix one only trains with --dgl_postfix: otherwise it never reaches the loss,
+            # and a trainable parameter outside the graph stops DDP at its second step.
             self.prefix_text_prompt_proj_layer = nn.Linear(wv, wt)
             self.postfix_text_prompt_proj_layer = nn.Linear(wv, wt)
-            self.zero_grad_at_init = ("postfix_text_prompt_proj_layer.",)
+            self.postfix_text_prompt_proj_layer.requires_grad_(self.use_postfix)
+            self.zero_grad_at_init = ("postfix_text_prompt_proj_layer.",)  # behind the causal mask
         else:
             rows = self.num_text + self.num_local * self.max_frames
             self.unified_prompt_embedding = nn.Embedding(rows, depth * wv)  # N(0, 1), as the official code

@@ -1,0 +1,91 @@
+"""Every trainable parameter reaches the loss, for every registered head and every option that changes
+the parameter set: DDP (without find_unused_parameters) stops at the second step otherwise."""
+import argparse
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from engine.distributed import DistEnv
+from engine.trainer import contrastive_losses
+from modules.clip import tokenize
+from modules.factory import add_model_args, build_model
+from modules.heads import list_heads
+
+# Options that add, drop or freeze parameters, beside every head at its defaults (freeze_layer_num 0).
+OPTION_SETS = [
+    ("meanP", "--freeze_layer_num", "-1"),
+    ("meanP", "--linear_patch", "3d", "--freeze_layer_num", "-1"),
+    ("meanP", "--linear_patch", "3d"),
+    ("seqTransf", "--freeze_layer_num", "-1"),
+    ("tightTransf", "--freeze_layer_num", "-1"),
+    ("dgl", "--shared_latent_space", "linear"),
+    ("dgl", "--shared_latent_space", "linear", "--dgl_postfix"),
+    ("dgl", "--shared_latent_space", "transformer", "--dgl_postfix"),
+    ("dgl", "--shared_latent_space", "transformer", "--visual_output_type", "global_and_cls_mean"),
+    ("ump", "--ump_pooling", "xpool"),
+]
+CONFIGS = [(name,) for name in list_heads()] + OPTION_SETS
+FRAMES, GLOBAL_BATCH = 4, 4
+
+
+def make_model(config):
+    name, *flags = config
+    args = add_model_args(argparse.ArgumentParser()).parse_args(
+        ["--pretrained_clip_name", "tiny", "--clip_init", "random", "--method", name, *flags])
+    args.max_frames = FRAMES  # a video flag, read by the prompt-tuning heads
+    torch.manual_seed(0)
+    return build_model(args)
+
+
+def make_batch(step):
+    g = torch.Generator().manual_seed(step)
+    ids, mask = tokenize([f"clip {i} of step {step} shows a ball" for i in range(GLOBAL_BATCH)], 12)
+    video_mask = torch.ones(GLOBAL_BATCH, FRAMES, dtype=torch.long)
+    video_mask[1, 3:] = 0
+    return {"text_ids": ids, "text_mask": mask, "video": torch.randn(GLOBAL_BATCH, FRAMES, 3, 32, 32, generator=g),
+            "video_mask": video_mask}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(c))
+def test_one_step_gives_every_trainable_parameter_a_gradient(config):
+    model = build_and_step(config)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable
+    without = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not without, f"{config}: trainable parameters outside the loss: {without}"
+
+
+def build_and_step(config):
+    model = make_model(config)
+    contrastive_losses(model, make_batch(0), DistEnv())["loss"].backward()
+    return model
+
+
+def _worker(rank, world_size, rendezvous, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
+    failures = []
+    try:
+        env = DistEnv(rank, world_size, 0, torch.device("cpu"))
+        for config in CONFIGS:
+            try:
+                model = torch.nn.parallel.DistributedDataParallel(make_model(config))
+                optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+                share = GLOBAL_BATCH // world_size
+                for step in range(2):  # DDP's unused-parameter error comes at the second step
+                    local = {k: v[rank * share:(rank + 1) * share] for k, v in make_batch(step).items()}
+                    contrastive_losses(model, local, env)["loss"].backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            except RuntimeError as error:
+                failures.append(("-".join(config), str(error).splitlines()[0]))
+        torch.save(failures, f"{out_dir}/failures{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_train_two_steps_with_every_head_and_option(tmp_path):
+    mp.spawn(_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        assert torch.load(tmp_path / f"failures{rank}.pt", weights_only=True) == []
