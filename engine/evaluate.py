@@ -212,6 +212,15 @@ def _subset_metrics(subsets, ranks_of, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def dsl_temperature(model, args) -> float:
+    """--dsl_temperature, else the scale the model's loss puts on its scores: DSL works on logits, and
+    on cosines in [-1, 1] at T = 1 its softmax is nearly flat (a no-op)."""
+    if getattr(args, "dsl_temperature", None) is not None:
+        return float(args.dsl_temperature)
+    scale = getattr(model, "score_scale", None)
+    return float(scale()) if scale is not None else 1.0
+
+
 @dataclass
 class EvalResult:
     metrics: dict[str, float]
@@ -256,12 +265,15 @@ def evaluate_encoded(model, encoded: EncodedSplit, args, *, bank: Features | Non
               f"{encoded.num_videos} videos" for name, (q, file) in subsets.items()]
 
     if args.dsl:
-        t2v, v2t = M.dsl_transforms(tiles, encoded.num_captions, encoded.num_videos, args.dsl_temperature, tile_elements)
+        temperature = dsl_temperature(model, args)
+        t2v, v2t = M.dsl_transforms(tiles, encoded.num_captions, encoded.num_videos, temperature, tile_elements)
         dsl_counts = M.count_ranks(tiles, encoded.caption_to_video, encoded.num_videos, t2v_transform=t2v,
                                    v2t_transform=v2t, tile_elements=tile_elements)
         results.update(M.summarise(dsl_counts.ranks(), prefix="dsl/"))
         results.update(_subset_metrics(subsets, dsl_counts.t2v_ranks_of, prefix="dsl/"))
-        notes.append(f"dsl: S * softmax({args.dsl_temperature:g} * S over queries) * N (post-processing over all test queries)")
+        notes.append(f"dsl: S * softmax({temperature:g} * S over queries) * N (post-processing over all test queries; "
+                     + ("--dsl_temperature" if args.dsl_temperature is not None else "the model's logit scale") + ")")
+        results["dsl/temperature"] = float(temperature)
 
     if args.qb_norm:
         if bank is None or qb_norm_params is None:

@@ -6,6 +6,7 @@ every key is a flag name (without dashes) and anything given on the command line
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -89,8 +90,9 @@ def add_eval_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--eval_tile_elements", type=int, default=1 << 24,
                        help="scores per similarity tile when ranking (memory bound of evaluation)")
     group.add_argument("--dsl", action="store_true", help="also report dual-softmax (DSL) post-processed numbers")
-    group.add_argument("--dsl_temperature", type=float, default=1.0,
-                       help="DSL: softmax(T * score); the score is whatever model.similarity returns")
+    group.add_argument("--dsl_temperature", type=float, default=None,
+                       help="DSL: softmax(T * score) over the queries; default: the model's learned logit scale "
+                            "(DSL works on logits; similarity returns cosines)")
     group.add_argument("--qb_norm", action="store_true",
                        help="also report QB-Norm (bank = training captions; beta, k chosen on the validation split)")
     group.add_argument("--qb_norm_betas", type=float, nargs="+", default=[1.0, 2.0, 5.0, 10.0, 20.0, 50.0],
@@ -134,51 +136,142 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return add(parser)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Text-video retrieval with CLIP", allow_abbrev=False)
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr, ``error: MESSAGE``, exit code 2 and no usage block;
+    an unknown flag names the closest known one."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}\n")
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(self.unrecognized(extras))
+        return namespace
+
+    def unrecognized(self, extras: Sequence[str]) -> str:
+        """``--data_pth /x --zzz`` -> every unknown flag with its hint; the values after it are not listed."""
+        names = [option.lstrip("-") for option in self._option_string_actions if option.startswith("--")]
+        hints: list[tuple[str, str]] = []
+        after_flag = False
+        for token in extras:
+            is_flag = token.startswith("-") and not _is_number(token)
+            if after_flag and not is_flag:
+                continue
+            flag = token.partition("=")[0] if is_flag else token
+            after_flag = is_flag
+            hints.append((flag, _did_you_mean(flag.lstrip("-"), names, "--") if is_flag else "see --help"))
+        if len(hints) == 1:
+            return "unrecognized argument {}; {}".format(*hints[0])
+        return "unrecognized arguments " + ", ".join(f"{flag} ({hint})" for flag, hint in hints)
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _did_you_mean(name: str, known: Sequence[str], prefix: str = "") -> str:
+    match = difflib.get_close_matches(name, known, n=1)
+    return f"did you mean {prefix}{match[0]}?" if match else "see --help"
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description="Text-video retrieval with CLIP", allow_abbrev=False)
     for add in (add_run_args, add_data_args, add_video_args, add_selection_args, add_eval_args, add_model_args,
                 add_optim_args, add_train_args):
         add(parser)
     return parser
 
 
-def config_to_argv(parser: argparse.ArgumentParser, config: dict, source: str) -> list[str]:
-    """Turn {flag: value} into command-line tokens, so types and choices are checked as usual."""
-    by_dest = {action.dest: action for action in parser._actions if action.option_strings}
-    argv: list[str] = []
+def load_config(parser: argparse.ArgumentParser, path: Path) -> tuple[dict, dict[str, int]]:
+    """The {flag: value} mapping of a YAML file and the line of each key; errors are one line with the
+    file and line."""
+    text = path.read_text()
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        config = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        parser.error(f"{path}:{mark.line + 1}: YAML syntax error: {error.problem or error.context} "
+                     f"(column {mark.column + 1})")
+    except yaml.YAMLError as error:
+        parser.error(f"{path}: YAML error: {' '.join(str(error).split())}")
+    if config is None:
+        return {}, {}
+    if not isinstance(config, dict):
+        parser.error(f"{path}:{node.start_mark.line + 1}: expected a mapping of flag: value")
+    return config, {str(key.value): key.start_mark.line + 1 for key, _ in node.value}
+
+
+def config_tokens(parser: argparse.ArgumentParser, config: dict, source: str,
+                  lines: dict[str, int] | None = None) -> list[tuple[str, str, list[str]]]:
+    """{flag: value} -> (key, "FILE:LINE", command-line tokens) per key, so types and choices are checked as
+    usual and a problem names its file, line and key."""
+    by_dest = {action.dest: action for action in parser._actions if action.option_strings and action.dest != "config"}
+    out = []
     for key, value in config.items():
+        where = f"{source}:{lines[str(key)]}" if lines and str(key) in lines else source
         action = by_dest.get(key)
-        if action is None or key == "config":
-            parser.error(f"{source}: unknown key {key!r} (not a flag of this program)")
+        if action is None:
+            parser.error(f"{where}: unknown key {key!r}; {_did_you_mean(str(key), list(by_dest))}")
         flag = action.option_strings[0]
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
             if not isinstance(value, bool):
-                parser.error(f"{source}: {key} is a switch; use true or false, not {value!r}")
-            if value != action.default:
-                argv.append(flag)
+                parser.error(f"{where}: {key} is a switch; use true or false, not {value!r}")
+            tokens = [flag] if value != action.default else []
         elif value is None:
-            continue
+            tokens = []
+        elif isinstance(action, argparse._AppendAction) and isinstance(value, (list, tuple)):
+            tokens = [f"{flag}={item}" for item in value]  # a repeatable flag: one item per use
         elif isinstance(value, (list, tuple)):
-            argv += [flag, *map(str, value)]
+            tokens = [flag, *map(str, value)]
         else:
-            argv += [flag, str(value)]
-    return argv
+            tokens = [f"{flag}={value}"]  # '=': a value may start with '-'
+        out.append((key, where, tokens))
+    return out
+
+
+def config_to_argv(parser: argparse.ArgumentParser, config: dict, source: str,
+                   lines: dict[str, int] | None = None) -> list[str]:
+    """Turn {flag: value} into command-line tokens, so types and choices are checked as usual."""
+    return [token for _, _, tokens in config_tokens(parser, config, source, lines) for token in tokens]
+
+
+def parse_config(parser: argparse.ArgumentParser, path: Path) -> argparse.Namespace:
+    """Every key of the file parsed on its own: a bad value is ``FILE:LINE: KEY: problem``."""
+    config, lines = load_config(parser, path)
+    namespace, exit_on_error = argparse.Namespace(), parser.exit_on_error
+    parser.exit_on_error = False  # argparse raises ArgumentError instead of printing it
+    try:
+        for key, where, tokens in config_tokens(parser, config, str(path), lines):
+            try:
+                namespace, extras = parser.parse_known_args(tokens, namespace)
+                problem = extras and f"one value expected, got {' '.join(tokens[1:])}"
+            except argparse.ArgumentError as error:
+                problem = error.message
+            if problem:
+                parser.error(f"{where}: {key}: {problem}")
+    finally:
+        parser.exit_on_error = exit_on_error
+    return namespace
 
 
 def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
     parser = parser or build_parser()
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
     from modules.heads.aliases import apply_flag_aliases  # the UMP README's (X-Pool) flags -> ours
 
     argv = apply_flag_aliases(sys.argv[1:] if argv is None else argv)
+    namespace = None
     if known.config:
         path = Path(known.config)
         if not path.is_file():
             parser.error(f"--config {path}: no such file")
-        config = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(config, dict):
-            parser.error(f"{path}: expected a mapping of flag: value")
-        argv = config_to_argv(parser, config, str(path)) + argv  # the command line wins
-    return parser.parse_args(argv)
+        namespace = parse_config(parser, path)  # the command line is parsed on top: it wins
+    return parser.parse_args(argv, namespace)

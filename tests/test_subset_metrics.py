@@ -186,3 +186,38 @@ def test_name_given_twice_is_refused(tmp_path):
     with pytest.raises(ValueError, match="given twice"):
         evaluate_encoded(MatrixModel(SQUARE), encoded_for(SQUARE, [0, 1, 2, 3]), args,
                          dataset=fake_dataset(SQUARE_IDS, SQUARE_CAPTIONS, [0, 1, 2, 3]))
+
+
+# DSL acts on logits: with cosines in [-1, 1] and T = 1 the column softmax is nearly flat. Caption 0
+# ranks video 1 (0.58) above its own video 0 (0.50); video 1 is caption 1's by far (0.60 vs 0.58 at
+# T = 100), so DSL at the model's logit scale restores rank 1, while T = 1 keeps it at rank 2.
+# Hand computation (T2V, softmax over each video's captions, times 2 captions):
+#   T = 1:   S'[0,0] = 0.50*2*softmax(0.50, 0.30)[0] = 0.5498 < S'[0,1] = 0.58*2*softmax(0.58, 0.60)[0] = 0.5742
+#   T = 100: S'[0,0] = 0.50*2*0.99999998 = 1.0000       > S'[0,1] = 0.58*2*0.1192 = 0.1383
+DSL_SCORES = [[0.50, 0.58],
+              [0.30, 0.60]]
+
+
+class ScaledMatrixModel(MatrixModel):
+    def score_scale(self):
+        return 100.0  # a trained CLIP's exp(logit_scale)
+
+
+def test_dsl_temperature_defaults_to_the_models_logit_scale():
+    encoded = encoded_for(DSL_SCORES, [0, 1])
+    by_default = evaluate_encoded(ScaledMatrixModel(DSL_SCORES), encoded, eval_args(None, dsl=True, dsl_temperature=None))
+    at_one = evaluate_encoded(ScaledMatrixModel(DSL_SCORES), encoded, eval_args(None, dsl=True, dsl_temperature=1.0))
+    assert by_default.metrics["t2v/R1"] == 50.0  # raw: caption 0 at rank 2
+    assert by_default.metrics["dsl/temperature"] == 100.0 and by_default.metrics["dsl/t2v/R1"] == 100.0
+    assert at_one.metrics["dsl/temperature"] == 1.0 and at_one.metrics["dsl/t2v/R1"] == 50.0
+    assert "logit scale" in by_default.table and "--dsl_temperature" in at_one.table
+
+
+def test_dsl_temperature_default_per_head():
+    from tests.test_heads import tiny_args
+    from modules.factory import build_model
+
+    assert parse_args([]).dsl_temperature is None
+    mean_p = build_model(tiny_args(sim_header="meanP"))
+    assert mean_p.score_scale() == pytest.approx(float(mean_p.clip.logit_scale.exp()))
+    assert build_model(tiny_args(sim_header="tightTransf")).score_scale() == 1.0  # trained on raw pair scores

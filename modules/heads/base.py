@@ -109,6 +109,11 @@ class RetrievalHead(nn.Module):
     def logit_scale(self) -> Tensor:
         return self.clip.logit_scale.exp()
 
+    def score_scale(self) -> float:
+        """What turns ``similarity`` into the logits the loss is trained on (the learned logit scale);
+        DSL's softmax is taken at this temperature by default (CAMoE's convention)."""
+        return float(self.logit_scale().detach())
+
     def compute_loss(self, text_features, video_features) -> dict[str, Tensor]:
         logits = self.logit_scale() * self.similarity(text_features, video_features)
         return {"loss": symmetric_infonce(logits)}

@@ -129,6 +129,9 @@ class TightTransformer(RetrievalHead):
         out = self.cross_ln(self.cross(x, attn_mask=key_padding_mask(torch.cat([text_mask, video_mask], dim=1))))
         return self.score(self.pooler(out[:, 0])).squeeze(-1)
 
+    def score_scale(self) -> float:
+        return 1.0  # the pair scores are the logits
+
     def compute_loss(self, text_features, video_features) -> dict[str, Tensor]:
         # CLIP4Clip trains the cross encoder on its raw pair scores, without the CLIP temperature.
         return {"loss": symmetric_infonce(self.similarity(text_features, video_features))}
