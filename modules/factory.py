@@ -53,19 +53,53 @@ def freeze_clip_layers(model: RetrievalHead, freeze_layer_num: int) -> int:
     return frozen
 
 
+def _names(keys, shown: int = 8) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:shown]) + (f" ... ({len(keys)} in all)" if len(keys) > shown else "")
+
+
 def load_init_model(model: RetrievalHead, path: str) -> None:
-    """Weights of a finished run (ours or CLIP4Clip's ``pytorch_model.bin.N``) into ``model``."""
+    """Weights of a finished run (ours or CLIP4Clip's ``pytorch_model.bin.N``) into ``model``.
+
+    Every tensor of the model must come from the checkpoint: a head tensor left at its random
+    initialisation would quietly cost points (e.g. a seqTransf checkpoint evaluated with another
+    --cross_num_hidden_layers). The one exception is a checkpoint with no head tensors at all (plain
+    CLIP, or CLIP4Clip meanP): the head's new modules then start fresh, and the log says which.
+    Tensors only pre-training uses (momentum copies, queues, MLM heads: ``pretrain_only_prefixes``)
+    are dropped, in one log line."""
     state, fmt, _ = read_state_dict(path)
     if "model" in state and isinstance(state["model"], dict):  # a UniVTR training checkpoint
         state = state["model"]
     clip_state = to_our_layout(state, fmt)
     heads_state = {k: v for k, v in state.items() if not k.startswith("clip.")}
+    own = model.state_dict()
+    dropped = [k for k in heads_state if k not in own and k.startswith(tuple(model.pretrain_only_prefixes))]
+    for key in dropped:
+        heads_state.pop(key)
+    if dropped:
+        log.info("%s: dropped %d tensors that only pre-training uses (%s)", path, len(dropped),
+                 ", ".join(sorted({k.split(".")[0] for k in dropped})))
     merged = {f"clip.{k}": v for k, v in clip_state.items()} | heads_state
     missing, unexpected = model.load_state_dict(merged, strict=False)
     if unexpected:
-        raise CheckpointError(f"{path}: weights the {model.head_name} head does not have: {unexpected[:8]}")
-    if missing:
-        log.warning("%s: %d tensors not in the checkpoint keep their initial values: %s", path, len(missing), missing[:8])
+        raise CheckpointError(f"{path}: weights the {model.head_name} head does not have (wrong --method or head "
+                              f"flags?): {_names(unexpected)}")
+    head_missing = [k for k in missing if not k.startswith("clip.")]
+    clip_missing = [k for k in missing if k.startswith("clip.") and k != "clip.visual.conv2.weight"]
+    if "clip.visual.conv2.weight" in missing:  # a 2-D patch checkpoint under --linear_patch 3d
+        model.clip.visual.enable_3d_patch()  # starts equal to the loaded conv1
+        log.info("%s: no 3-D patch weights; --linear_patch 3d starts from the checkpoint's conv1", path)
+    if clip_missing:
+        raise CheckpointError(f"{path}: {len(clip_missing)} CLIP tensors are not in the checkpoint and would keep "
+                              f"random values: {_names(clip_missing)}")
+    if head_missing and heads_state:
+        raise CheckpointError(f"{path}: {len(head_missing)} tensors of the {model.head_name} head being built are not "
+                              f"in the checkpoint (different head flags, e.g. --cross_num_hidden_layers, "
+                              f"--max_frames, prompt lengths?): {_names(head_missing)}")
+    if head_missing:
+        fresh = sorted({k.split(".")[0] for k in head_missing})
+        log.info("%s: a CLIP checkpoint without %s head weights; these start fresh: %s", path, model.head_name,
+                 ", ".join(fresh))
 
 
 def build_model(args) -> RetrievalHead:

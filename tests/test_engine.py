@@ -180,3 +180,29 @@ def test_precision_accumulation_and_parity_optimiser_modes_train(toy, tmp_path, 
         assert state["model"]["clip.visual.ln_pre.weight"].dtype == torch.float32
     metrics = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["metrics"]
     assert metrics["num_captions"] == 6 and metrics["t2v/R1"] == metrics["t2v/R1"]
+
+
+def test_init_model_missing_head_tensors_is_an_error_not_random_layers(toy, tmp_path, caplog):
+    from modules import build_model
+    from modules.clip import CheckpointError
+
+    args = main_task_retrieval.get_args(run_args(toy, tmp_path, "--cross_num_hidden_layers", "2"))
+    source = build_model(args)
+    torch.save({"model": source.state_dict()}, tmp_path / "two_layers.pt")
+    # The demo's case: a 2-layer seqTransf checkpoint evaluated with the default 4 layers.
+    wrong = main_task_retrieval.get_args(run_args(toy, tmp_path, "--init_model", str(tmp_path / "two_layers.pt")))
+    with pytest.raises(CheckpointError, match=r"transformerClip\.resblocks\.2\..*not in the checkpoint|not in the "
+                                              r"checkpoint.*transformerClip\.resblocks\.2\."):
+        build_model(wrong)
+    # A CLIP-only checkpoint is accepted; the log names what starts fresh.
+    torch.save({k: v for k, v in source.state_dict().items() if k.startswith("clip.")}, tmp_path / "clip_only.pt")
+    caplog.set_level("INFO")
+    fresh = main_task_retrieval.get_args(run_args(toy, tmp_path, "--init_model", str(tmp_path / "clip_only.pt")))
+    build_model(fresh)
+    assert "start fresh: frame_position_embeddings, transformerClip" in caplog.text
+    # A missing CLIP tensor is an error too.
+    partial = {k: v for k, v in source.state_dict().items() if k != "clip.visual.ln_post.weight"}
+    torch.save(partial, tmp_path / "partial.pt")
+    args.init_model = str(tmp_path / "partial.pt")
+    with pytest.raises(CheckpointError, match="clip.visual.ln_post.weight"):
+        build_model(args)

@@ -74,6 +74,9 @@ class RetrievalHead(nn.Module):
     zero_grad_at_init: tuple[str, ...] = ()
     # Prompt-tuning heads keep every CLIP tensor frozen (no gradient reaches CLIP at all).
     frozen_clip = False
+    # State-dict prefixes that only pre-training uses (momentum copies, queues, MLM heads): dropped, with
+    # a log line, when a pre-training checkpoint initialises a fine-tuning model.
+    pretrain_only_prefixes: tuple[str, ...] = ()
 
     def __init__(self, clip: CLIP, args=None):
         super().__init__()
