@@ -1,7 +1,9 @@
 """Command-line flags, grouped by concern, with CLIP4Clip's names where they exist.
 
 ``build_parser()`` assembles the groups; ``parse_args(argv)`` also reads ``--config FILE.yaml``, in which
-every key is a flag name (without dashes) and anything given on the command line wins.
+every key is a flag name (without dashes) and anything given on the command line wins. Every error is
+one line, ``error: ...`` with exit code 2: a flag typo names the closest flag, a config problem its
+``FILE:LINE`` and key.
 """
 from __future__ import annotations
 
@@ -195,9 +197,9 @@ def load_config(parser: argparse.ArgumentParser, path: Path) -> tuple[dict, dict
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         config = yaml.safe_load(text)
     except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        parser.error(f"{path}:{mark.line + 1}: YAML syntax error: {error.problem or error.context} "
-                     f"(column {mark.column + 1})")
+        mark, opened = error.problem_mark or error.context_mark, error.context_mark
+        where = f" ({error.context} from line {opened.line + 1})" if opened and opened.line != mark.line else ""
+        parser.error(f"{path}:{mark.line + 1}: YAML syntax error: {error.problem or error.context}{where}")
     except yaml.YAMLError as error:
         parser.error(f"{path}: YAML error: {' '.join(str(error).split())}")
     if config is None:
@@ -235,10 +237,9 @@ def config_tokens(parser: argparse.ArgumentParser, config: dict, source: str,
     return out
 
 
-def config_to_argv(parser: argparse.ArgumentParser, config: dict, source: str,
-                   lines: dict[str, int] | None = None) -> list[str]:
+def config_to_argv(parser: argparse.ArgumentParser, config: dict, source: str) -> list[str]:
     """Turn {flag: value} into command-line tokens, so types and choices are checked as usual."""
-    return [token for _, _, tokens in config_tokens(parser, config, source, lines) for token in tokens]
+    return [token for _, _, tokens in config_tokens(parser, config, source) for token in tokens]
 
 
 def parse_config(parser: argparse.ArgumentParser, path: Path) -> argparse.Namespace:
@@ -250,7 +251,7 @@ def parse_config(parser: argparse.ArgumentParser, path: Path) -> argparse.Namesp
         for key, where, tokens in config_tokens(parser, config, str(path), lines):
             try:
                 namespace, extras = parser.parse_known_args(tokens, namespace)
-                problem = extras and f"one value expected, got {' '.join(tokens[1:])}"
+                problem = f"unexpected value {' '.join(extras)}" if extras else None
             except argparse.ArgumentError as error:
                 problem = error.message
             if problem:

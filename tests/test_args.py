@@ -34,9 +34,10 @@ def test_config_file_then_command_line(tmp_path):
 def test_bad_config_is_an_error_naming_the_problem(tmp_path, capsys, body, message):
     config = tmp_path / "bad.yaml"
     config.write_text(body)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         main_task_retrieval.get_args(["--config", str(config)])
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and f"{config}:" in err and message in err
 
 
 def test_unknown_datatype_is_refused(capsys):

@@ -227,6 +227,24 @@ def test_zero_gradient_at_init_parameters_come_alive_after_one_step():
         optimiser.step()
 
 
+@pytest.mark.parametrize("pooling", ["mean", "xpool"])
+def test_every_trainable_parameter_is_decayed(pooling):
+    """Spec section 3.6: weight decay on every trainable parameter (biases, norms and banks included)."""
+    from engine.optim import build_optimizer
+    from engine.options import parse_args
+    from modules.factory import build_model
+
+    args = parse_args(["--method", "ump", "--clip_init", "random", "--pretrained_clip_name", "tiny",
+                       "--ump_pooling", pooling, "--weight_decay", "0.05"])
+    torch.manual_seed(0)
+    model = build_model(args)
+    optimizer, _ = build_optimizer(model, args, total_steps=10)
+    decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert any(n.endswith(".bias") for n in trainable) and any("norm" in n for n in trainable)
+    assert {n: decay.get(id(p)) for n, p in trainable.items()} == {n: args.weight_decay for n in trainable}
+
+
 # -- UMP 6: parameter count ------------------------------------------------------------------------------
 def test_parameter_count_at_b32():
     count = trainable_count(meta_model("ump"))

@@ -9,6 +9,7 @@ token passes through unchanged (DGL's ``--unified_prompt_layers`` is an ordinary
 """
 from __future__ import annotations
 
+import sys
 from typing import Callable, Sequence
 
 # their flag -> (our flag, value rewrite)
@@ -34,7 +35,8 @@ def apply_flag_aliases(argv: Sequence[str]) -> list[str]:
             ours, rewrite = SEED_FLAGS[flag]
             if not has_value:
                 if i + 1 >= len(tokens):
-                    raise SystemExit(f"error: {flag} needs a value")
+                    print(f"error: {flag} needs a value", file=sys.stderr)
+                    raise SystemExit(2)  # argparse's code for a usage error
                 i += 1
                 value = tokens[i]
             out += [ours, rewrite(value)]

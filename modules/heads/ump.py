@@ -207,6 +207,10 @@ class UMP(PromptTuningHead):
         if self.pooling == "xpool":
             self.pooler = TextConditionedPool(clip.embed_dim, arg(args, "ump_pool_dropout", 0.3))
 
+    # The X-Pool script (spec section 3.6) decays every trainable parameter, biases and norms included.
+    def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:
+        return False
+
     def text_hook(self, text_mask: Tensor) -> TextPromptHook:
         return TextPromptHook(lambda index, words: self.upg(index, words, "text", text_mask),
                               self.num_prompts, self.clip.config.text.layers)
