@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.distributed import DistEnv  # noqa: E402
 from engine.optim import add_optim_args, build_optimizer  # noqa: E402
-from engine.trainer import autocast_context, contrastive_losses  # noqa: E402
+from engine.trainer import contrastive_losses  # noqa: E402
 from modules.clip import tokenize  # noqa: E402
 from modules.factory import add_model_args, build_model  # noqa: E402
 

@@ -119,3 +119,12 @@ def shard_indices(total: int, env: DistEnv) -> list[int]:
 def gather_rows(x: Tensor, env: DistEnv) -> Tensor:
     """Concatenate equally sized per-rank tensors on every rank (no gradient)."""
     return _all_gather_cat(x) if env.distributed else x
+
+
+def broadcast_object(obj, env: DistEnv):
+    """Rank 0's ``obj`` (any picklable value) on every rank."""
+    if not env.distributed:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]

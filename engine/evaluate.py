@@ -191,18 +191,64 @@ def subset_query_indices(entries: Sequence[str], video_ids: Sequence[str], capti
     return torch.nonzero(chosen).flatten()
 
 
-def query_subsets(dataset, args) -> dict[str, tuple[torch.Tensor, str]]:
-    """{name: (caption indices, file)} for every --eval_query_subset, resolved against ``dataset``."""
-    out = {}
+def resolve_query_subsets(dataset, args) -> tuple[dict[str, tuple[torch.Tensor, str]], dict[str, str]]:
+    """Every --eval_query_subset against ``dataset``: ({name: (caption indices, file)} for the subsets
+    whose entries all belong to this split, {name: why not} for the others). A subset applies to the
+    splits that contain it (e.g. test pairs do not apply to a validation split carved from training);
+    files that cannot be read are errors."""
+    applying, skipped = {}, {}
     for name, path in getattr(args, "eval_query_subset", None) or []:
-        if name in out:
+        if name in applying or name in skipped:
             raise ValueError(f"--eval_query_subset: the name {name!r} is given twice")
         file = find_subset_file(path, args)
         skip = [record.video_id for record in getattr(dataset, "missing_videos", [])]
-        out[name] = (subset_query_indices(read_subset_entries(file), [r.video_id for r in dataset.records],
-                                          dataset.captions, dataset.caption_to_video, skip=skip,
-                                          source=f"{name}={path}"), str(file))
-    return out
+        try:
+            applying[name] = (subset_query_indices(read_subset_entries(file), [r.video_id for r in dataset.records],
+                                                   dataset.captions, dataset.caption_to_video, skip=skip,
+                                                   source=f"{name}={path}"), str(file))
+        except ValueError as error:
+            skipped[name] = str(error)
+    return applying, skipped
+
+
+def query_subsets(dataset, args) -> dict[str, tuple[torch.Tensor, str]]:
+    """{name: (caption indices, file)} for the --eval_query_subset files that apply to ``dataset``."""
+    return resolve_query_subsets(dataset, args)[0]
+
+
+def check_query_subsets(datasets, args) -> None:
+    """Before any work: say which split each --eval_query_subset applies to; one that applies to none of
+    the evaluated splits is an error (a typo in the file would otherwise go unnoticed)."""
+    names = [name for name, _ in getattr(args, "eval_query_subset", None) or []]
+    if not names:
+        return
+    applies: dict[str, list[str]] = {name: [] for name in names}
+    reasons: dict[str, str] = {}
+    for dataset in datasets:
+        applying, skipped = resolve_query_subsets(dataset, args)
+        for name in applying:
+            applies[name].append(dataset.split)
+        for name, why in skipped.items():
+            reasons[name] = why
+            log.info("--eval_query_subset %s: not reported on the %s split (%s)", name, dataset.split,
+                     why.split(": ", 1)[-1])
+    for name, splits in applies.items():
+        if not splits:
+            raise ValueError(f"{reasons[name]} (it applies to none of the evaluated splits: "
+                             f"{', '.join(d.split for d in datasets)})")
+        log.info("--eval_query_subset %s: reported on the %s split%s", name, " and ".join(splits),
+                 "s" if len(splits) > 1 else "")
+
+
+def incomplete_note(dataset) -> str | None:
+    """"incomplete standard test set: N of M videos" when videos of the split are missing on disk: a
+    "1k-A" number over 999 videos is not comparable with published ones."""
+    missing = len(getattr(dataset, "missing_videos", None) or [])
+    if not missing:
+        return None
+    total = dataset.num_videos + missing
+    kind = "test set" if dataset.split == "test" else f"{dataset.split} split"
+    return f"incomplete standard {kind}: {dataset.num_videos} of {total} videos ({missing} missing on disk)"
 
 
 def _subset_metrics(subsets, ranks_of, prefix: str = "") -> dict[str, float]:
@@ -226,6 +272,8 @@ class EvalResult:
     metrics: dict[str, float]
     table: str
     qb_norm_grid: list[dict] = field(default_factory=list)
+    incomplete: str | None = None  # "incomplete standard test set: N of M videos" when videos are missing
+    qb_norm: Any = None  # (bank, (beta, k)) used, for reuse
 
 
 def choose_qb_norm_params(model, val: EncodedSplit, bank: Features, args) -> tuple[float, int, list[dict]]:
@@ -251,6 +299,7 @@ def evaluate_encoded(model, encoded: EncodedSplit, args, *, bank: Features | Non
             raise ValueError(f"--eval_query_subset: the {split} split has {dataset.num_captions} captions x "
                              f"{dataset.num_videos} videos, the encoded features {encoded.num_captions} x {encoded.num_videos}")
         subsets = query_subsets(dataset, args)
+    incomplete = incomplete_note(dataset) if dataset is not None else None
     tiles = similarity_tiles(model, encoded.text, encoded.video)
     tile_elements = args.eval_tile_elements
     counts = M.count_ranks(tiles, encoded.caption_to_video, encoded.num_videos,
@@ -263,6 +312,8 @@ def evaluate_encoded(model, encoded: EncodedSplit, args, *, bank: Features | Non
              if not args.legacy_metrics else f"{split}: ties counted by CLIP4Clip's equality search (--legacy_metrics)"]
     notes += [f"{name}/t2v: the {q.numel()} captions selected by {file}, each ranked against all "
               f"{encoded.num_videos} videos" for name, (q, file) in subsets.items()]
+    if incomplete:
+        notes.insert(0, f"WARNING: {incomplete}; not comparable with published numbers")
 
     if args.dsl:
         temperature = dsl_temperature(model, args)
@@ -287,7 +338,7 @@ def evaluate_encoded(model, encoded: EncodedSplit, args, *, bank: Features | Non
         results.update({"qbnorm/beta": float(beta), "qbnorm/k": float(k), "qbnorm/bank_size": float(feature_count(bank))})
         notes.append(f"qbnorm: beta={beta:g} k={k} min_hits={args.qb_norm_min_hits}, bank = {feature_count(bank)} "
                      "training captions, beta/k chosen on the validation split")
-    return EvalResult(results, M.format_table(results, title="\n".join(notes)))
+    return EvalResult(results, M.format_table(results, title="\n".join(notes)), incomplete=incomplete)
 
 
 @torch.no_grad()
@@ -307,19 +358,89 @@ def evaluate_retrieval(model, dataset, args, *, device=None, bank: Features | No
             model.train()
 
 
-def prepare_qb_norm(model, train_dataset, val_dataset, args, device=None) -> tuple[Features, tuple[float, int], list[dict]]:
-    """Encode the query bank (training captions, the first --qb_norm_bank_size of them if set) and
-    choose (beta, k) on the validation split. Returns (bank, (beta, k), grid rows)."""
+def encode_bank(model, train_dataset, args, device=None) -> Features:
+    """QB-Norm's query bank: the training captions (the first --qb_norm_bank_size of them if set)."""
     from torch.utils.data import Subset
 
-    if val_dataset is None or val_dataset.split == "test":
-        raise ValueError("QB-Norm's beta and k are chosen on a validation split, never on test: "
-                         "use a benchmark with a val split or --val_from_train")
     device = device or _model_device(model)
     captions = train_dataset.text_dataset()
     size = min(args.qb_norm_bank_size or len(captions), len(captions))
     feats, idx = encode(model, _loader(Subset(captions, range(size)), args, None), "text", device)
-    bank = put_in_order(feats, idx, size)
+    return put_in_order(feats, idx, size)
+
+
+def prepare_qb_norm(model, train_dataset, val_dataset, args, device=None) -> tuple[Features, tuple[float, int], list[dict]]:
+    """Encode the query bank and choose (beta, k) on the validation split. Returns (bank, (beta, k),
+    grid rows)."""
+    if val_dataset is None or val_dataset.split == "test":
+        raise ValueError("QB-Norm's beta and k are chosen on a validation split, never on test: "
+                         "use a benchmark with a val split or --val_from_train")
+    device = device or _model_device(model)
+    bank = encode_bank(model, train_dataset, args, device)
     val = encode_split(model, val_dataset, args, device)
     beta, k, grid = choose_qb_norm_params(model, val, bank, args)
     return bank, (beta, k), grid
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sharded over ranks (the engine's evaluation)
+
+
+@torch.no_grad()
+def encode_sharded(head, dataset, side: str, args, env) -> Features:
+    """Every item of a caption or video view, each rank encoding its share; gathered in order."""
+    from torch.utils.data import Subset
+
+    from engine.distributed import gather_rows, shard_indices
+
+    total = len(dataset)
+    loader = DataLoader(Subset(dataset, shard_indices(total, env)), batch_size=args.batch_size_val, shuffle=False,
+                        num_workers=args.num_thread_reader)
+    features, indices = encode(head, loader, side, env.device)
+    if env.distributed:
+        parts = features if isinstance(features, tuple) else (features,)
+        parts = tuple(gather_rows(p, env) for p in parts)
+        features = parts if isinstance(features, tuple) else parts[0]
+        indices = gather_rows(indices.to(env.device), env).cpu()
+    return put_in_order(features, indices, total)
+
+
+@torch.no_grad()
+def evaluate_split(head, dataset, args, env, precision: str = "fp32", qb_norm=None, qb_norm_bank_set=None):
+    """Metrics of ``dataset`` (every caption and video encoded once, sharded); rank 0 gets the result,
+    the others None. QB-Norm (with --qb_norm): ``qb_norm`` = (bank features, (beta, k)) prepared
+    before, or ``qb_norm_bank_set`` = the training split, whose captions become the bank while
+    (beta, k) are chosen on ``dataset`` itself (a validation split); ``result.qb_norm`` keeps them."""
+    from engine.step import as_float, autocast_context
+
+    was_training = head.training
+    head.eval()
+    try:
+        with autocast_context(precision, env.device):
+            text = encode_sharded(head, dataset.text_dataset(), "text", args, env)
+            video = encode_sharded(head, dataset.video_dataset(), "video", args, env)
+        encoded = EncodedSplit(as_float(text), as_float(video), dataset.caption_to_video.clone(), dataset.num_videos)
+        if not env.is_main:
+            return None
+        if args.qb_norm and qb_norm is None and qb_norm_bank_set is not None:
+            bank = encode_bank(head, qb_norm_bank_set, args, env.device)
+            beta, k, grid = choose_qb_norm_params(head, encoded, bank, args)
+            log.info("QB-Norm: beta %g, k %d chosen on %s %s (%d grid points)", beta, k, dataset.name, dataset.split,
+                     len(grid))
+            qb_norm = (bank, (beta, k))
+        bank, params = qb_norm if qb_norm is not None else (None, None)
+        result = evaluate_encoded(head, encoded, args, bank=bank, qb_norm_params=params, split=dataset.split,
+                                  dataset=dataset)
+        result.qb_norm = qb_norm
+        return result
+    finally:
+        head.train(was_training)
+
+
+def qb_norm_inputs(head, args, env, train_set, val_set):
+    """QB-Norm's bank (training captions) and its (beta, k), chosen on the validation split with the
+    current weights; None when --qb_norm is off (and on ranks other than 0)."""
+    if not args.qb_norm:
+        return None
+    result = evaluate_split(head, val_set, args, env, qb_norm_bank_set=train_set)
+    return result.qb_norm if result is not None else None

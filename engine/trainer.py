@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import random
+import shlex
 import sys
 import time
 from contextlib import nullcontext
@@ -18,13 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler, Subset
+from torch.utils.data import DataLoader, Sampler
 
 from engine import checkpoint as ckpt
-from engine.distributed import (DistEnv, all_reduce_flag, barrier, gather_features, gather_rows, init_distributed,
-                                shard_indices)
-from engine.evaluate import to_device
-from engine.step import StepContext, as_float, autocast_context
+from engine.distributed import DistEnv, all_reduce_flag, barrier, broadcast_object, init_distributed
+from engine.evaluate import check_query_subsets, evaluate_split, qb_norm_inputs, to_device
+from engine.step import StepContext
 from engine.optim import build_optimizer
 
 log = logging.getLogger("univtr")
@@ -124,70 +124,6 @@ def contrastive_losses(model, batch: dict, env: DistEnv, precision: str = "fp32"
 
 
 # ----------------------------------------------------------------------------------------------------
-# Evaluation, sharded over ranks
-
-
-@torch.no_grad()
-def encode_sharded(head, dataset, side: str, args, env: DistEnv):
-    from engine.evaluate import encode, put_in_order
-
-    total = len(dataset)
-    shard = Subset(dataset, shard_indices(total, env))
-    loader = DataLoader(shard, batch_size=args.batch_size_val, shuffle=False, num_workers=args.num_thread_reader)
-    features, indices = encode(head, loader, side, env.device)
-    if env.distributed:
-        parts = features if isinstance(features, tuple) else (features,)
-        parts = tuple(gather_rows(p, env) for p in parts)
-        features = parts if isinstance(features, tuple) else parts[0]
-        indices = gather_rows(indices.to(env.device), env).cpu()
-    return put_in_order(features, indices, total)
-
-
-@torch.no_grad()
-def evaluate_split(head, dataset, args, env: DistEnv, precision: str = "fp32", qb_norm=None):
-    """Metrics of ``dataset`` (every caption and video encoded once, sharded); rank 0 gets the result.
-    ``qb_norm`` = (bank features, (beta, k)) from ``qb_norm_inputs``, or None."""
-    from engine.evaluate import EncodedSplit, evaluate_encoded
-
-    was_training = head.training
-    head.eval()
-    try:
-        with autocast_context(precision, env.device):
-            text = encode_sharded(head, dataset.text_dataset(), "text", args, env)
-            video = encode_sharded(head, dataset.video_dataset(), "video", args, env)
-        text, video = as_float(text), as_float(video)
-        encoded = EncodedSplit(text, video, dataset.caption_to_video.clone(), dataset.num_videos)
-        if not env.is_main:
-            return None
-        bank, params = qb_norm if qb_norm is not None else (None, None)
-        return evaluate_encoded(head, encoded, args, bank=bank, qb_norm_params=params, split=dataset.split,
-                                dataset=dataset)
-    finally:
-        head.train(was_training)
-
-
-def qb_norm_inputs(head, args, env: DistEnv, train_set=None, val_set=None):
-    """QB-Norm's bank (training captions) and its (beta, k), chosen on the validation split; rank 0
-    only (None elsewhere, and when --qb_norm is off)."""
-    if not args.qb_norm or not env.is_main:
-        return None
-    from dataloaders import build_dataset
-    from engine.evaluate import prepare_qb_norm
-
-    train_set = train_set or build_dataset(args, "train")
-    val_set = val_set or build_dataset(args, "val")
-    was_training = head.training
-    head.eval()
-    try:
-        bank, params, grid = prepare_qb_norm(head, train_set, val_set, args, env.device)
-    finally:
-        head.train(was_training)
-    log.info("QB-Norm: beta %g, k %d chosen on %s's validation split (%d grid points)", params[0], params[1],
-             val_set.name, len(grid))
-    return bank, params
-
-
-# ----------------------------------------------------------------------------------------------------
 # The run
 
 
@@ -214,28 +150,60 @@ class MetricsLog:
         self.path = output_dir / "metrics.jsonl" if output_dir is not None and env.is_main else None
         self.rule = rule
 
-    def write(self, **record) -> None:
+    def write(self, result=None, **record) -> None:
+        """One line: the selection rule, the time, ``record``, and ``result``'s metrics with the
+        incomplete-test-set note when videos were missing."""
         if self.path is None:
             return
+        if result is not None:
+            record["metrics"] = result.metrics
+            if result.incomplete:
+                record["incomplete"] = result.incomplete
         record = {"selection_rule": self.rule, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **record}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
 
+def default_output_dir(args, env: DistEnv) -> Path:
+    """outputs/<datatype>_<method>_<timestamp>/, the same on every rank (rank 0's clock)."""
+    stamp = broadcast_object(time.strftime("%Y%m%d-%H%M%S"), env)
+    method = getattr(args, "method", None) or args.sim_header
+    return Path("outputs") / f"{args.datatype}_{method}_{stamp}"
+
+
+def log_run_header(args, env: DistEnv) -> None:
+    """log.txt starts with the command line and every resolved flag."""
+    log.info("command: %s", shlex.join([sys.executable, *sys.argv]))
+    log.info("flags: %s", json.dumps(ckpt.plain_args(args), sort_keys=True))
+    log.info("world size %d, device %s, code version %s", env.world_size, env.device, ckpt.code_version())
+
+
+def check_before_work(args, rule, parser_has_val: bool) -> None:
+    """Flag combinations that could only fail after training, as one line before any work."""
+    if args.qb_norm and rule.split != "val" and not parser_has_val:
+        raise ValueError(f"--qb_norm chooses its beta and k on a validation split, and {args.datatype} has none: "
+                         "add --val_from_train N (hold out N training videos) or drop --qb_norm")
+
+
 def run(args) -> dict:
     """Train and/or evaluate as the flags say; returns the last metrics (rank 0) or {}."""
-    from dataloaders import build_dataset, selection_rule
+    from dataloaders import build_dataset, build_parser_for, selection_rule
     from modules import build_model
     from modules.factory import count_parameters
 
+    if not (args.do_train or args.do_eval):
+        raise ValueError("nothing to do: pass --do_train and/or --do_eval")
     env = init_distributed(args.device)
+    if args.do_train and not args.output_dir:  # a multi-hour run must not save nothing
+        args.output_dir = str(default_output_dir(args, env))
+        if env.is_main:
+            print(f"--output_dir not given: writing to {args.output_dir}", file=sys.stderr)
     output_dir = Path(args.output_dir) if args.output_dir else None
     if output_dir is not None and env.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(output_dir, env)
+    log_run_header(args, env)
     seed_everything(args.seed, env.rank)
-    if not (args.do_train or args.do_eval):
-        raise ValueError("nothing to do: pass --do_train and/or --do_eval")
 
     model = build_model(args).to(env.device)
     if args.precision == "fp16_weights":
@@ -244,34 +212,39 @@ def run(args) -> dict:
         model.clip.visual.compile()
         model.clip.text.compile()
     rule = selection_rule(args)
-    metrics_log = MetricsLog(output_dir, env, rule.description)
+    check_before_work(args, rule, build_parser_for(args).has_split("val"))
+    metrics_log = MetricsLog(output_dir, env, rule.description if args.do_train else "evaluation only")
     log.info("model %s: %s trainable / %s parameters; world size %d; device %s", model.head_name,
              f"{count_parameters(model, trainable_only=True):,}", f"{count_parameters(model):,}", env.world_size,
              env.device)
 
     test_set = build_dataset(args, "test")
     log.info(test_set.describe())
-    results: dict = {}
     if args.do_train:
-        results = train(model, args, env, rule, test_set, output_dir, metrics_log)
-    else:
-        result = evaluate_split(model, test_set, args, env, args.precision if args.precision != "fp16_weights" else "fp32",
-                                qb_norm=qb_norm_inputs(model, args, env))
-        if result is not None:
-            log.info("\n%s", result.table)
-            metrics_log.write(split="test", epoch=None, metrics=result.metrics)
-            results = result.metrics
-    return results
+        return train(model, args, env, rule, test_set, output_dir, metrics_log)
+    qb_norm = None
+    if args.qb_norm:
+        qb_norm = qb_norm_inputs(model, args, env, build_dataset(args, "train"), build_dataset(args, "val"))
+    check_query_subsets([test_set], args)
+    result = evaluate_split(model, test_set, args, env, args.precision if args.precision != "fp16_weights" else "fp32",
+                            qb_norm=qb_norm)
+    if result is None:
+        return {}
+    log.info("test, evaluation only of %s:\n%s", args.init_model or "the initial weights (no --init_model)",
+             result.table)
+    metrics_log.write(result, split="test", epoch=None, evaluated=args.init_model or "initial weights (no --init_model)")
+    return result.metrics
 
 
 def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, metrics_log: MetricsLog) -> dict:
     from dataloaders import build_dataset
 
     train_set = build_dataset(args, "train")
-    val_set = build_dataset(args, "val") if rule.split == "val" else None
+    val_set = build_dataset(args, "val") if rule.split == "val" or args.qb_norm else None
     log.info(train_set.describe())
     if val_set is not None:
         log.info(val_set.describe())
+    check_query_subsets([s for s in (val_set if rule.split == "val" else None, test_set) if s is not None], args)
     per_step = env.world_size * args.gradient_accumulation_steps
     if args.batch_size % per_step:
         raise ValueError(f"--batch_size {args.batch_size} must divide by world size x accumulation = {per_step}")
@@ -290,7 +263,7 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
 
-    start_epoch, step, step_in_epoch, best = 0, 0, 0, {"score": -math.inf, "epoch": None}
+    start_epoch, step, step_in_epoch, best = 0, 0, 0, {"score": -math.inf, "epoch": None, "metrics": {}, "table": ""}
     nonfinite = 0
     if args.resume:
         state = ckpt.load_training_state(args.resume)
@@ -313,12 +286,11 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
                                      extra={"best": best, "nonfinite": nonfinite})
 
     fault_at = int(os.environ.get("UNIVTR_FAULT_AT_STEP", "0"))  # tests: die abruptly at this step
-    last_metrics: dict = {}
     for epoch in range(start_epoch, args.epochs):
         train_set.set_epoch(epoch)
         sampler.set_epoch(epoch, step_in_epoch)
         model.train()
-        pairs, started = 0, time.perf_counter()
+        pairs, started, epoch_loss, epoch_steps = 0, time.perf_counter(), 0.0, 0
         micro_batches = iter(loader)
         progress = _progress(sampler.steps, step_in_epoch, epoch, args, env)
         for step_in_epoch in range(step_in_epoch, sampler.steps):
@@ -360,6 +332,8 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
                 model.after_optimizer_step(StepContext(env, args.precision, step + 1))
             scheduler.step()
             step += 1
+            if not skipped:
+                epoch_loss, epoch_steps = epoch_loss + losses_for_log.get("loss", 0.0), epoch_steps + 1
             elapsed = time.perf_counter() - started
             if progress is not None:
                 progress.set_postfix(loss=f"{losses_for_log.get('loss', float('nan')):.4f}",
@@ -375,10 +349,13 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
                 os._exit(17)
         if progress is not None:
             progress.close()
+        # Always at least once per epoch, whatever --n_display says.
+        log.info("epoch %d/%d done: mean loss %.4f over %d steps (this run), lr %.3e", epoch + 1, args.epochs,
+                 epoch_loss / max(epoch_steps, 1), epoch_steps, scheduler.get_last_lr()[-1])
         step_in_epoch = 0
-        best, last_metrics = _end_of_epoch(model, args, env, rule, epoch, val_set, test_set, output_dir, metrics_log, best)
+        best = _end_of_epoch(model, args, env, rule, epoch, train_set, val_set, test_set, output_dir, metrics_log, best)
         save_state(epoch + 1, 0)
-    return _final_report(model, args, env, rule, test_set, output_dir, metrics_log, best, last_metrics)
+    return _final_report(model, args, env, rule, train_set, val_set, test_set, output_dir, metrics_log, best)
 
 
 def _progress(total: int, done: int, epoch: int, args, env: DistEnv):
@@ -392,46 +369,50 @@ def _progress(total: int, done: int, epoch: int, args, env: DistEnv):
                 mininterval=interval)
 
 
-def _end_of_epoch(model, args, env, rule, epoch, val_set, test_set, output_dir, metrics_log, best):
-    """Evaluate the split that drives selection (if any) and keep the best weights."""
+def _end_of_epoch(model, args, env, rule, epoch, train_set, val_set, test_set, output_dir, metrics_log, best):
+    """Evaluate the split that drives selection (if any), with QB-Norm beside the raw numbers when
+    asked for, and keep the best weights (and, selecting on test, the best epoch's numbers)."""
     if rule.split is None:
-        return best, {}
+        return best
     selection_set = val_set if rule.split == "val" else test_set
-    result = evaluate_split(model, selection_set, args, env)
-    metrics = {}
+    if rule.split == "val":  # QB-Norm's beta and k are chosen on this very split
+        result = evaluate_split(model, selection_set, args, env, qb_norm_bank_set=train_set)
+    else:
+        result = evaluate_split(model, selection_set, args, env,
+                                qb_norm=qb_norm_inputs(model, args, env, train_set, val_set))
     if env.is_main:
-        metrics = result.metrics
         log.info("epoch %d, %s:\n%s", epoch + 1, rule.split, result.table)
-        metrics_log.write(split=selection_set.split, epoch=epoch + 1, metrics=metrics)
-        score = metrics.get("t2v/R1", -math.inf)
+        metrics_log.write(result, split=selection_set.split, epoch=epoch + 1)
+        score = result.metrics.get("t2v/R1", -math.inf)
         if score > best["score"]:
-            best = {"score": score, "epoch": epoch + 1}
+            best = {"score": score, "epoch": epoch + 1, "metrics": result.metrics, "table": result.table}
             if output_dir is not None:
                 ckpt.atomic_save({"model": model.state_dict(), "epoch": epoch + 1, "rule": rule.description,
                                   "args": ckpt.plain_args(args)}, output_dir / "model_best.pt")
-    return best, metrics
+    return best
 
 
-def _final_report(model, args, env, rule, test_set, output_dir, metrics_log, best, last_metrics) -> dict:
+def _final_report(model, args, env, rule, train_set, val_set, test_set, output_dir, metrics_log, best) -> dict:
     """Test numbers: of the selected epoch (val or, for parity, test), else of the final epoch."""
     if output_dir is not None and env.is_main:
         ckpt.atomic_save({"model": model.state_dict(), "epoch": args.epochs, "args": ckpt.plain_args(args)},
                          output_dir / "model_final.pt")
+    if rule.split == "test":
+        # Each epoch was evaluated on test already: report the selected epoch's own numbers.
+        if env.is_main:
+            log.info("test, epoch %s (best on TEST: --select_on_test, parity only):\n%s", best["epoch"], best["table"])
+        return {"selected_epoch": best["epoch"], **best["metrics"]}
     barrier(env)  # rank 0 wrote model_best.pt; every rank reads it
     if rule.split == "val" and output_dir is not None and (output_dir / "model_best.pt").exists():
         state = torch.load(output_dir / "model_best.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         chosen = f"epoch {state['epoch']} (best on val)"
-    elif rule.split == "test":
-        if env.is_main:
-            log.info("--select_on_test: best test T2V R@1 %.2f at epoch %s (selected on TEST; parity only)",
-                     best["score"], best["epoch"])
-        return {"selected_epoch": best["epoch"], **last_metrics}
     else:
         chosen = f"final epoch {args.epochs}"
-    result = evaluate_split(model, test_set, args, env, qb_norm=qb_norm_inputs(model, args, env))
+    qb_norm = qb_norm_inputs(model, args, env, train_set, val_set) if args.qb_norm else None
+    result = evaluate_split(model, test_set, args, env, qb_norm=qb_norm)
     if not env.is_main:
         return {}
     log.info("test, %s:\n%s", chosen, result.table)
-    metrics_log.write(split="test", epoch=args.epochs, reported_weights=chosen, metrics=result.metrics)
+    metrics_log.write(result, split="test", epoch=args.epochs, reported_weights=chosen)
     return result.metrics

@@ -122,7 +122,7 @@ def eval_args():
 
 
 def _eval_worker(rank, world_size, rendezvous, out_dir):
-    from engine.trainer import evaluate_split
+    from engine.evaluate import evaluate_split
 
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
     try:
@@ -135,7 +135,7 @@ def _eval_worker(rank, world_size, rendezvous, out_dir):
 
 
 def test_sharded_evaluation_equals_single_process(tmp_path):
-    from engine.trainer import evaluate_split
+    from engine.evaluate import evaluate_split
 
     single = evaluate_split(make_model(), SyntheticSplit(), eval_args(), DistEnv()).metrics
     mp.spawn(_eval_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)

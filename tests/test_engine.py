@@ -206,3 +206,90 @@ def test_init_model_missing_head_tensors_is_an_error_not_random_layers(toy, tmp_
     args.init_model = str(tmp_path / "partial.pt")
     with pytest.raises(CheckpointError, match="clip.visual.ln_post.weight"):
         build_model(args)
+
+
+def metrics_lines(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_with_qb_norm_reports_raw_and_qb_norm_every_epoch(toy, tmp_path):
+    assert main_task_retrieval.main(run_args(toy, tmp_path, "--qb_norm", "--val_from_train", "4")) == 0
+    lines = metrics_lines(tmp_path)
+    assert [line["split"] for line in lines] == ["val", "val", "test"]
+    for line in lines:
+        assert {"t2v/R1", "qbnorm/t2v/R1", "qbnorm/beta", "qbnorm/k"} <= line["metrics"].keys()
+
+
+def test_qb_norm_without_a_validation_split_fails_before_training(toy, tmp_path, capsys):
+    assert main_task_retrieval.main(run_args(toy, tmp_path, "--qb_norm")) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "--val_from_train" in err[0]
+    assert not (tmp_path / "checkpoint_last.pt").exists()  # nothing was trained
+
+
+def test_select_on_test_reports_the_selected_epochs_numbers(toy, tmp_path):
+    from engine.trainer import run
+
+    results = run(main_task_retrieval.get_args(run_args(toy, tmp_path, "--select_on_test", "--epochs", "3",
+                                                        "--lr", "3e-3")))
+    per_epoch = [line["metrics"] for line in metrics_lines(tmp_path)]
+    assert len(per_epoch) == 3
+    best = max(range(3), key=lambda i: (per_epoch[i]["t2v/R1"], -i))  # the first epoch with the best R@1
+    assert results["selected_epoch"] == best + 1
+    assert {k: v for k, v in results.items() if k != "selected_epoch"} == per_epoch[best]
+    log_text = (tmp_path / "log.txt").read_text()
+    assert f"test, epoch {best + 1} (best on TEST" in log_text
+
+
+def test_missing_test_videos_mark_every_number_as_incomplete(toy, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(toy, data)
+    test_ids = [line.split(",")[2] for line in (data / "MSRVTT_JSFUSION_test.csv").read_text().splitlines()[1:]]
+    (data / "videos" / f"{test_ids[0]}.mp4").unlink()
+    argv = run_args(data, tmp_path / "out", "--epochs", "1")
+    assert main_task_retrieval.main(argv) == 0
+    note = f"incomplete standard test set: {len(test_ids) - 1} of {len(test_ids)} videos"
+    record = metrics_lines(tmp_path / "out")[-1]
+    assert record["split"] == "test" and record["incomplete"].startswith(note)
+    assert note in (tmp_path / "out" / "log.txt").read_text()
+
+
+def test_training_without_output_dir_writes_to_a_default_folder(toy, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = run_args(toy, "unused", "--epochs", "1")
+    argv = argv[:argv.index("--output_dir")] + argv[argv.index("--output_dir") + 2:]
+    assert main_task_retrieval.main(argv) == 0
+    runs = list((tmp_path / "outputs").glob("msrvtt_seqTransf_*"))
+    assert len(runs) == 1 and (runs[0] / "model_final.pt").is_file()
+    assert str(Path("outputs") / runs[0].name) in capsys.readouterr().err
+
+
+def test_query_subset_applies_to_the_test_split_and_is_checked_before_training(toy, tmp_path, capsys):
+    argv = run_args(toy, tmp_path / "ok", "--epochs", "1", "--val_from_train", "4",
+                    "--eval_query_subset", "temporal=temporal_pairs.json")
+    assert main_task_retrieval.main(argv) == 0
+    val, test = metrics_lines(tmp_path / "ok")
+    assert val["split"] == "val" and not any(k.startswith("temporal/") for k in val["metrics"])
+    assert "temporal/t2v/R1" in test["metrics"]
+    assert "--eval_query_subset temporal: not reported on the val split" in (tmp_path / "ok" / "log.txt").read_text()
+    # An entry that is in no evaluated split stops the run before any training step.
+    (tmp_path / "typo.json").write_text(json.dumps(["no such video"]))
+    argv = run_args(toy, tmp_path / "bad", "--val_from_train", "4", "--eval_query_subset", f"typo={tmp_path / 'typo.json'}")
+    assert main_task_retrieval.main(argv) == 2
+    assert "applies to none of the evaluated splits" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "checkpoint_last.pt").exists()
+
+
+def test_log_starts_with_command_and_flags_and_records_loss_each_epoch(toy, tmp_path):
+    argv = run_args(toy, tmp_path, "--n_display", "1000")
+    assert main_task_retrieval.main(argv) == 0
+    lines = (tmp_path / "log.txt").read_text().splitlines()
+    assert "command:" in lines[0] and "flags:" in lines[1] and '"n_display": 1000' in lines[1]
+    assert sum("mean loss" in line for line in lines) == 2  # 2 epochs, although n_display > steps
+    # An evaluation-only record names the checkpoint and says so instead of a selection rule.
+    evaluate = [a for a in run_args(toy, tmp_path / "eval") if a != "--do_train"]
+    assert main_task_retrieval.main(evaluate + ["--do_eval", "--init_model", str(tmp_path / "model_final.pt")]) == 0
+    record = metrics_lines(tmp_path / "eval")[-1]
+    assert record["selection_rule"] == "evaluation only" and record["evaluated"] == str(tmp_path / "model_final.pt")

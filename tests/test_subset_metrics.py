@@ -219,5 +219,5 @@ def test_dsl_temperature_default_per_head():
 
     assert parse_args([]).dsl_temperature is None
     mean_p = build_model(tiny_args(sim_header="meanP"))
-    assert mean_p.score_scale() == pytest.approx(float(mean_p.clip.logit_scale.exp()))
+    assert mean_p.score_scale() == pytest.approx(float(mean_p.clip.logit_scale.detach().exp()))
     assert build_model(tiny_args(sim_header="tightTransf")).score_scale() == 1.0  # trained on raw pair scores
