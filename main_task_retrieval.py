@@ -21,20 +21,23 @@ def get_args(argv: Sequence[str] | None = None):
     return parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def report_errors(args) -> int:
+    """Run the engine; problems with the user's data, weights or flags are one line, no traceback wall."""
     from dataloaders import DataError
     from engine.trainer import run
     from modules.clip import CheckpointError
 
-    args = get_args(argv)
     try:
         run(args)
     except (DataError, CheckpointError, FloatingPointError, ValueError) as error:
-        # Problems with the user's data, weights or flags: one line, no traceback wall.
         logging.getLogger("univtr").debug("details", exc_info=True)
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return report_errors(get_args(argv))
 
 
 if __name__ == "__main__":

@@ -138,6 +138,40 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return add(parser)
 
 
+def add_pretrain_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """main_pretrain.py: the pre-training corpus is --datatype/--data_path (any registered dataset of
+    (video, caption) pairs, or --datatype webdataset --train_shards); zero-shot retrieval is evaluated
+    on the test split of --eval_datatype/--eval_data_path after every epoch."""
+    group = parser.add_argument_group("pre-training")
+    group.add_argument("--do_pretrain", action="store_true", help="pre-train the method head (main_pretrain.py)")
+    group.add_argument("--eval_datatype", default=None, help="benchmark evaluated zero-shot after every epoch "
+                                                              "(default: --datatype)")
+    group.add_argument("--eval_data_path", default=None, help="its annotation folder (default: --data_path)")
+    group.add_argument("--eval_features_path", default=None, help="its videos (default: --eval_data_path)")
+    group.add_argument("--no_eval_each_epoch", dest="eval_each_epoch", action="store_false",
+                       help="evaluate only after the last epoch")
+    return parser
+
+
+EVAL_OVERRIDES = {"eval_datatype": "datatype", "eval_data_path": "data_path", "eval_features_path": "features_path"}
+
+
+def evaluation_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The flags with --eval_datatype/--eval_data_path/--eval_features_path in place of the training
+    data's (pre-training evaluates on another benchmark than it trains on)."""
+    if not getattr(args, "eval_datatype", None) and not getattr(args, "eval_data_path", None):
+        return args
+    view = argparse.Namespace(**vars(args))
+    for source, target in EVAL_OVERRIDES.items():
+        if getattr(args, source, None) is not None:
+            setattr(view, target, getattr(args, source))
+    if getattr(args, "eval_data_path", None) and not getattr(args, "eval_features_path", None):
+        view.features_path = None  # the evaluation benchmark's videos sit under its own folder
+    for name in ("train_csv", "val_csv", "test_csv", "val_from_train"):  # they name the training data's files
+        setattr(view, name, None)
+    return view
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are one line on stderr, ``error: MESSAGE``, exit code 2 and no usage block;
     an unknown flag names the closest known one."""

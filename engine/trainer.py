@@ -180,6 +180,9 @@ def log_run_header(args, env: DistEnv) -> None:
 
 def check_before_work(args, rule, parser_has_val: bool) -> None:
     """Flag combinations that could only fail after training, as one line before any work."""
+    if args.qb_norm and getattr(args, "do_pretrain", False):
+        raise ValueError("--qb_norm needs the evaluation benchmark's training captions and validation split: "
+                         "use it when fine-tuning or evaluating with main_task_retrieval.py")
     if args.qb_norm and rule.split != "val" and not parser_has_val:
         raise ValueError(f"--qb_norm chooses its beta and k on a validation split, and {args.datatype} has none: "
                          "add --val_from_train N (hold out N training videos) or drop --qb_norm")
@@ -187,14 +190,17 @@ def check_before_work(args, rule, parser_has_val: bool) -> None:
 
 def run(args) -> dict:
     """Train and/or evaluate as the flags say; returns the last metrics (rank 0) or {}."""
-    from dataloaders import build_dataset, build_parser_for, selection_rule
+    from dataloaders import SelectionRule, build_dataset, build_parser_for, selection_rule
+    from engine.options import evaluation_args
     from modules import build_model
     from modules.factory import count_parameters
 
-    if not (args.do_train or args.do_eval):
-        raise ValueError("nothing to do: pass --do_train and/or --do_eval")
+    pretraining = getattr(args, "do_pretrain", False)
+    training = args.do_train or pretraining
+    if not (training or args.do_eval):
+        raise ValueError("nothing to do: pass --do_train (--do_pretrain) and/or --do_eval")
     env = init_distributed(args.device)
-    if args.do_train and not args.output_dir:  # a multi-hour run must not save nothing
+    if training and not args.output_dir:  # a multi-hour run must not save nothing
         args.output_dir = str(default_output_dir(args, env))
         if env.is_main:
             print(f"--output_dir not given: writing to {args.output_dir}", file=sys.stderr)
@@ -211,16 +217,21 @@ def run(args) -> dict:
     if args.compile:
         model.clip.visual.compile()
         model.clip.text.compile()
-    rule = selection_rule(args)
-    check_before_work(args, rule, build_parser_for(args).has_split("val"))
-    metrics_log = MetricsLog(output_dir, env, rule.description if args.do_train else "evaluation only")
+    eval_args = evaluation_args(args)
+    if pretraining:
+        rule = SelectionRule(None, "pretraining: zero-shot test retrieval after every epoch (no selection); "
+                                   "the final weights are kept")
+    else:
+        rule = selection_rule(args)
+    check_before_work(args, rule, build_parser_for(eval_args).has_split("val"))
+    metrics_log = MetricsLog(output_dir, env, rule.description if training else "evaluation only")
     log.info("model %s: %s trainable / %s parameters; world size %d; device %s", model.head_name,
              f"{count_parameters(model, trainable_only=True):,}", f"{count_parameters(model):,}", env.world_size,
              env.device)
 
-    test_set = build_dataset(args, "test")
+    test_set = build_dataset(eval_args, "test")
     log.info(test_set.describe())
-    if args.do_train:
+    if training:
         return train(model, args, env, rule, test_set, output_dir, metrics_log)
     qb_norm = None
     if args.qb_norm:
@@ -373,6 +384,11 @@ def _end_of_epoch(model, args, env, rule, epoch, train_set, val_set, test_set, o
     """Evaluate the split that drives selection (if any), with QB-Norm beside the raw numbers when
     asked for, and keep the best weights (and, selecting on test, the best epoch's numbers)."""
     if rule.split is None:
+        if getattr(args, "eval_each_epoch", False) and epoch + 1 < args.epochs:  # the last one is the final report
+            result = evaluate_split(model, test_set, args, env)
+            if env.is_main:
+                log.info("epoch %d, test (no selection):\n%s", epoch + 1, result.table)
+                metrics_log.write(result, split="test", epoch=epoch + 1)
         return best
     selection_set = val_set if rule.split == "val" else test_set
     if rule.split == "val":  # QB-Norm's beta and k are chosen on this very split
