@@ -1,6 +1,7 @@
 """Datasets for text-video retrieval: ``build_dataset(args, split)`` and the model-selection rule."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from dataloaders.base import DataError, RetrievalDataset, VideoRecord, carve_validation
@@ -38,20 +39,39 @@ def load_records(args, split: str, parser=None) -> list[VideoRecord]:
     return parser.records(split)
 
 
+def video_locator(args, parser):
+    """Where the existence check looks: the frame LMDB's keys when the lmdb backend reads the videos
+    (the files themselves are then not needed), the file system otherwise."""
+    from dataloaders.base import LMDBVideoLocator, VideoLocator
+
+    backend, lmdb_path = getattr(args, "video_backend", "auto"), getattr(args, "lmdb_path", None)
+    if backend == "lmdb" or (backend == "auto" and lmdb_path):  # auto with --lmdb_path reads the LMDB too
+        if not lmdb_path:
+            raise DataError("--video_backend lmdb needs --lmdb_path (build it with preprocess/frames_to_lmdb.py)")
+        return LMDBVideoLocator(lmdb_path)
+    return VideoLocator(parser.features_path, parser.video_extensions, parser.search_subdirs)
+
+
 def build_dataset(args, split: str, video_loader=None, tokenizer=None) -> RetrievalDataset:
     """The dataset for "train", "val" or "test".
 
-    Annotation files are read and checked, videos missing on disk are counted, reported (first 20 on
-    screen, all in ``<output_dir>/missing_videos_<datatype>_<split>.txt``) and excluded, all before
-    anything is decoded. ``video_loader`` defaults to the video layer's loader for these flags.
+    Annotation files are read and checked, videos missing (on disk, or in the frame LMDB with the lmdb
+    backend) are counted, reported (first 20 on screen, all in
+    ``<output_dir>/missing_videos_<datatype>_<split>.txt``) and excluded, and start/end windows are
+    checked against the videos' durations, all before anything is decoded. ``video_loader`` defaults
+    to the video layer's loader for these flags.
     """
-    from dataloaders.base import VideoLocator, exclude_missing_videos
+    from dataloaders.base import check_windows, exclude_missing_videos
+    from dataloaders.video.loader import probe_duration
 
     parser = build_parser_for(args)
     records = load_records(args, split, parser)
-    locator = VideoLocator(parser.features_path, parser.video_extensions, parser.search_subdirs)
+    locator = video_locator(args, parser)
     present, missing, _ = exclude_missing_videos(records, locator, f"{parser.name}_{split}",
                                                  getattr(args, "output_dir", None))
+    backend, lmdb_path = getattr(args, "video_backend", "auto"), getattr(args, "lmdb_path", None)
+    check_windows(present, f"{parser.name} {split}",
+                  functools.partial(probe_duration, backend=backend, lmdb_path=lmdb_path))
     if video_loader is None:
         from dataloaders.video import VideoClipLoader
 
@@ -60,7 +80,8 @@ def build_dataset(args, split: str, video_loader=None, tokenizer=None) -> Retrie
         present, split=split, video_loader=video_loader, max_words=args.max_words, paragraph=parser.paragraph,
         expand_captions=parser.expand_train_captions() if split == "train" else True, seed=args.seed,
         tokenizer=tokenizer, max_decode_failures=args.max_decode_failures,
-        max_decode_failure_fraction=args.max_decode_failure_fraction, name=parser.name, missing_videos=missing)
+        max_decode_failure_fraction=args.max_decode_failure_fraction, name=parser.name, missing_videos=missing,
+        video_source=f"{locator.source} (--video_backend {backend})")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,6 +23,7 @@ from torch.utils.data import Dataset
 logger = logging.getLogger(__name__)
 
 SHOWN_MISSING = 20  # how many missing videos are listed on screen; the file lists all
+SHOWN_BAD_WINDOWS = 5  # how many windows past the end of their video the error names
 
 
 class DataError(RuntimeError):
@@ -57,8 +59,11 @@ class VideoLocator:
     Directory listings are cached so checking 100k records costs one listing per folder.
     """
 
+    hint = "check --features_path"
+
     def __init__(self, root: str | os.PathLike | None, extensions: Sequence[str], search_subdirs: bool):
         self.root = Path(root) if root else None
+        self.source = f"files under {self.root}" if self.root else "files"
         self.extensions = tuple(extensions)
         self.search_subdirs = search_subdirs
         self._listings: dict[Path, set[str]] = {}
@@ -100,6 +105,28 @@ class VideoLocator:
         return None
 
 
+class LMDBVideoLocator:
+    """For the lmdb backend: a video is present when the frame LMDB holds its metadata key (written
+    last by preprocess/frames_to_lmdb.py, so its frames are complete); the files are not needed."""
+
+    hint = "check --lmdb_path, or extract them with preprocess/frames_to_lmdb.py"
+
+    def __init__(self, lmdb_path: str | os.PathLike):
+        from dataloaders.video.backends import open_lmdb
+
+        self.source = f"frames in the LMDB {lmdb_path}"
+        try:
+            self._env = open_lmdb(lmdb_path)
+        except FileNotFoundError as error:
+            raise DataError(str(error)) from None
+
+    def locate(self, expected: str) -> str | None:
+        from dataloaders.video.lmdb_format import meta_key
+
+        with self._env.begin() as txn:  # the reader looks a video up by its file stem
+            return expected if txn.get(meta_key(Path(expected).stem)) is not None else None
+
+
 def exclude_missing_videos(records: list[VideoRecord], locator: VideoLocator, label: str,
                            report_dir: str | os.PathLike | None) -> tuple[list[VideoRecord], list[VideoRecord], Path | None]:
     """Resolve every record's path; drop the ones not on disk, list the first 20 on screen and all of
@@ -120,12 +147,46 @@ def exclude_missing_videos(records: list[VideoRecord], locator: VideoLocator, la
     report.write_text("".join(f"{r.video_id}\t{r.video_path}\n" for r in missing))
     shown = "\n".join(f"  {r.video_id}: {r.video_path}" for r in missing[:SHOWN_MISSING])
     more = f"\n  ... and {len(missing) - SHOWN_MISSING} more" if len(missing) > SHOWN_MISSING else ""
-    logger.warning("%s: %d of %d videos are missing on disk and are excluded (full list: %s):\n%s%s",
-                   label, len(missing), len(records), report, shown, more)
+    logger.warning("%s: %d of %d videos are missing (looked for %s) and are excluded (full list: %s):\n%s%s",
+                   label, len(missing), len(records), locator.source, report, shown, more)
     if not present:
-        raise DataError(f"{label}: none of the {len(records)} videos was found (looked for e.g. "
-                        f"{missing[0].video_path}); check --features_path. Missing list: {report}")
+        raise DataError(f"{label}: none of the {len(records)} videos was found among {locator.source} (looked for "
+                        f"e.g. {missing[0].video_path}); {locator.hint}. Missing list: {report}")
     return present, missing, report
+
+
+def check_windows(records: Sequence[VideoRecord], label: str, duration_of: Callable[[str], float | None]) -> None:
+    """Stop with one line when a start/end window starts at or after the end of its video.
+
+    Only records whose window starts after 0 s are looked at; each of their videos is probed once with
+    ``duration_of(path)`` (seconds from the container header, None when unknown: such a video is left
+    to the decode-failure handling), on a thread pool as wide as the machine. A split without windows
+    costs nothing.
+    """
+    late = [r for r in records if r.start is not None and r.start > 0]
+    if not late:
+        return
+    paths = sorted({r.video_path for r in late})
+    with ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 1)) as pool:
+        durations = dict(zip(paths, pool.map(duration_of, paths)))
+    bad = [(r, durations[r.video_path]) for r in late
+           if durations[r.video_path] is not None and r.start >= durations[r.video_path]]
+    if not bad:
+        return
+
+    def seconds(value):
+        return "-" if value is None else f"{value:g}"
+
+    # Parsers that know where a window was written put "annotation" (file) and "line" in record.extra.
+    files = sorted({str(r.extra["annotation"]) for r, _ in bad if "annotation" in r.extra})
+    shown = "; ".join(f"{'line %s: ' % r.extra['line'] if 'line' in r.extra else ''}{Path(r.video_path).name} "
+                      f"start {seconds(r.start)} end {seconds(r.end)}, video {duration:.2f} s"
+                      for r, duration in bad[:SHOWN_BAD_WINDOWS])
+    more = f"; ... and {len(bad) - SHOWN_BAD_WINDOWS} more" if len(bad) > SHOWN_BAD_WINDOWS else ""
+    where = f" of {', '.join(files)}" if files else ""
+    windows = sum(r.start is not None or r.end is not None for r in records)
+    raise DataError(f"{label}: {len(bad)} of {windows} start/end windows{where} start at or after the end of "
+                    f"their video ({shown}{more}); correct or drop those rows")
 
 
 def carve_validation(records: list[VideoRecord], count: int) -> tuple[list[VideoRecord], list[VideoRecord]]:
@@ -172,7 +233,7 @@ class RetrievalDataset(Dataset):
                  max_words: int = 32, paragraph: bool = False, expand_captions: bool = True, seed: int = 0,
                  tokenizer: Callable | None = None, max_decode_failures: int | None = None,
                  max_decode_failure_fraction: float = 0.01, name: str = "dataset",
-                 missing_videos: Sequence[VideoRecord] = ()):
+                 missing_videos: Sequence[VideoRecord] = (), video_source: str | None = None):
         if not records:
             raise DataError(f"{name} {split}: no videos")
         self.records = list(records)
@@ -186,6 +247,7 @@ class RetrievalDataset(Dataset):
         self.epoch = 0
         self._tokenize = tokenizer
         self.missing_videos = list(missing_videos)
+        self.video_source = video_source  # where the videos are read from, for describe()
 
         captions, owners = [], []
         for video_index, record in enumerate(self.records):
@@ -287,7 +349,9 @@ class RetrievalDataset(Dataset):
 
     def describe(self) -> str:
         kind = "paragraph" if self.paragraph else ("multi-caption" if self.multi_caption else "one caption per video")
-        return f"{self.name} {self.split}: {self.num_videos} videos, {self.num_captions} captions ({kind}), {len(self)} items"
+        text = (f"{self.name} {self.split}: {self.num_videos} videos, {self.num_captions} captions ({kind}), "
+                f"{len(self)} items")
+        return f"{text}; videos from {self.video_source}" if self.video_source else text
 
 
 class CaptionView(Dataset):

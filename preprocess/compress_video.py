@@ -6,7 +6,9 @@ Each video becomes H.264 (video stream only) at exactly --fps frames per second 
 which drops/duplicates frames to the new rate; `-r` alone only relabels timestamps) with its short side
 scaled to --size and both sides even, for landscape and portrait alike. Outputs are written under a
 temporary name and renamed when complete and readable, so an interrupted run resumes where it stopped:
-finished files are skipped. A file ffmpeg cannot convert is listed at the end and in the log; it is never
+finished files are skipped. --fps, --size and --crf are recorded in OUTPUT_ROOT/compress_settings.json;
+a rerun with other values is refused in one line (--overwrite redoes every video instead), so outputs of
+two settings never mix. A file ffmpeg cannot convert is listed at the end and in the log; it is never
 copied over unconverted (CLIP4Clip's script does that, leaving full-size originals among the outputs).
 """
 from __future__ import annotations
@@ -25,7 +27,11 @@ from dataloaders.video.batch import (  # noqa: E402
     TEMP_MARK, VIDEO_EXTENSIONS, list_videos, report_failures, run_parallel)
 from dataloaders.video.errors import VideoDecodeError  # noqa: E402
 from dataloaders.video.loader import probe  # noqa: E402
+from preprocess.settings import SettingsMismatch, record_settings  # noqa: E402
 from preprocess.synthetic import ffmpeg_binary  # noqa: E402
+
+SETTINGS_FILE = "compress_settings.json"
+OTHER_SETTINGS_HINT = "rerun with --overwrite to redo every video, or choose another --output_root"
 
 # H.264 in the container the name promises where one exists; Matroska otherwise (.webm cannot hold
 # H.264, and decoders identify the content, not the extension), so loaders still find the same names.
@@ -83,6 +89,25 @@ def _check_args(args, input_root: Path, output_root: Path) -> str | None:
     return None
 
 
+def _check_output_settings(output_root: Path, settings: dict, overwrite: bool) -> str | None:
+    """Refuse to add outputs of other settings to a folder; with --overwrite forget the old ones (the
+    file is written again once every video has been redone, so an interrupted overwrite is not mistaken
+    for a finished one)."""
+    path = output_root / SETTINGS_FILE
+    if overwrite:
+        path.unlink(missing_ok=True)
+        return None
+    if not path.is_file() and output_root.is_dir() and list_videos(output_root):
+        return (f"{output_root} holds videos but no {SETTINGS_FILE} (written by an older version?), so their "
+                f"--fps/--size are unknown; {OTHER_SETTINGS_HINT}")
+    output_root.mkdir(parents=True, exist_ok=True)
+    try:
+        record_settings(path, settings, output_root, OTHER_SETTINGS_HINT)
+    except SettingsMismatch as exc:
+        return str(exc)
+    return None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--input_root", required=True, help="folder of source videos (searched recursively)")
@@ -93,12 +118,14 @@ def main(argv=None) -> int:
     parser.add_argument("--crf", type=int, default=23, help="x264 quality, lower is better (default 23)")
     parser.add_argument("--preset", default="medium", help="x264 speed preset (default medium)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed per video (default: no limit)")
-    parser.add_argument("--overwrite", action="store_true", help="redo videos whose output already exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo every video, also those already done (needed to change --fps/--size/--crf)")
     parser.add_argument("--log", default=None, help="failure list (default OUTPUT_ROOT/compress_failures.tsv)")
     parser.add_argument("--extensions", default=",".join(VIDEO_EXTENSIONS), help="comma-separated file endings")
     args = parser.parse_args(argv)
 
     input_root, output_root = Path(args.input_root).resolve(), Path(args.output_root).resolve()
+    settings = {"fps": args.fps, "size": args.size, "crf": args.crf}
     try:
         problem = _check_args(args, input_root, output_root)
         videos = [] if problem else list_videos(input_root, args.extensions.split(","))
@@ -106,6 +133,8 @@ def main(argv=None) -> int:
         problem = str(exc)
     if not problem and not videos:
         problem = f"no video files ({args.extensions}) under {input_root}"
+    if not problem:
+        problem = _check_output_settings(output_root, settings, args.overwrite)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -121,6 +150,8 @@ def main(argv=None) -> int:
         counts[status] += 1
         if status == "failed":
             failures.append((src, reason))
+    if args.overwrite:
+        record_settings(output_root / SETTINGS_FILE, settings, output_root, OTHER_SETTINGS_HINT)
     print(f"{counts['done']} compressed, {counts['skipped']} already done")
     log = Path(args.log) if args.log else output_root / "compress_failures.tsv"
     report_failures(failures, len(videos), "failed", log)

@@ -31,6 +31,7 @@ from dataloaders.video.batch import VIDEO_EXTENSIONS, list_videos, report_failur
 from dataloaders.video.errors import VideoDecodeError, describe  # noqa: E402
 from dataloaders.video.loader import with_reader  # noqa: E402
 from dataloaders.video.sampling import sample_indices  # noqa: E402
+from preprocess.settings import SettingsMismatch, check_settings  # noqa: E402
 
 CHUNK = 32  # frames decoded at a time, so hour-long videos never sit in memory whole
 
@@ -118,10 +119,13 @@ def _open_env(lmdb_path: Path, build: dict, map_size: int):
         raw = txn.get(lmdb_format.BUILD_KEY)
         if raw is None:
             txn.put(lmdb_format.BUILD_KEY, lmdb_format.dumps(build))
-        elif lmdb_format.loads(raw) != build:
-            env.close()
-            raise ValueError(f"{lmdb_path} was built with {lmdb_format.loads(raw)}, not {build}; "
-                             "rerun with the same settings or choose a new --lmdb_path")
+        else:
+            try:
+                check_settings(lmdb_format.loads(raw), build, lmdb_path,
+                               "rerun with the same settings or choose a new --lmdb_path")
+            except SettingsMismatch:
+                env.close()
+                raise
     return env
 
 

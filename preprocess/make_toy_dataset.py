@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import os
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from multiprocessing import Pool
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from preprocess.settings import SettingsMismatch, record_settings, write_text_atomically
 from preprocess.synthetic import write_video
 
 FORMAT_VERSION = 1
@@ -308,12 +310,6 @@ def _write(job) -> str:
 
 # ------------------------------------------------------------------------------------------------ files
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text, encoding="utf-8", newline="")
-    tmp.replace(path)
-
-
 def _csv_text(header: list[str], rows: list[list]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -404,11 +400,8 @@ def make_toy_dataset(output_dir: str | os.PathLike, seed: int = 0, num_train: in
     videos_dir.mkdir(parents=True, exist_ok=True)
     params = {"format_version": FORMAT_VERSION, "seed": seed, "num_train": num_train, "num_test": num_test,
               "size": size, "fps": fps, "seconds": seconds, "num_frames": num_frames}
-    config = out / "toy_config.json"
-    if config.is_file() and json.loads(config.read_text()) != params:
-        raise FileExistsError(f"{out} holds a toy dataset made with other parameters ({config.read_text().strip()}); "
-                              "choose another --output_dir or delete it")
-    _atomic_write(config, json.dumps(params, indent=1) + "\n")  # first, so a resumed run is checked too
+    # First, so a resumed run is checked too; a folder made with other parameters raises SettingsMismatch.
+    record_settings(out / "toy_config.json", params, out, "delete it or choose another --output_dir")
 
     train, test, pairs = plan(seed, num_train, num_test)
     for stale in videos_dir.glob("*.part.mp4"):  # left by a killed encoder
@@ -433,7 +426,7 @@ def make_toy_dataset(output_dir: str | os.PathLike, seed: int = 0, num_train: in
     files, _ = annotation_texts(train, test, pairs, seed, seconds, params)
     files["README.txt"] = readme_text(params, train, test, pairs)
     for name, text in files.items():  # last: their presence means the videos are all there
-        _atomic_write(out / name, text)
+        write_text_atomically(out / name, text)
     return out
 
 
@@ -448,12 +441,23 @@ def main(argv=None) -> Path:
     parser.add_argument("--fps", type=float, default=10)
     parser.add_argument("--seconds", type=float, default=2.4, help="clip length")
     parser.add_argument("--workers", type=int, default=None, help="encoding processes (default: all cores)")
+    parser.add_argument("--other_folder_hint", default="choose another --output_dir",
+                        help="how the one-line error for a folder made with other parameters says to pick another "
+                             "folder (scripts/demo.sh names its DATA_DIR)")
     args = parser.parse_args(argv)
-    out = make_toy_dataset(args.output_dir, seed=args.seed, num_train=args.num_train, num_test=args.num_test,
-                           size=args.size, fps=args.fps, seconds=args.seconds, workers=args.workers)
+    try:
+        out = make_toy_dataset(args.output_dir, seed=args.seed, num_train=args.num_train, num_test=args.num_test,
+                               size=args.size, fps=args.fps, seconds=args.seconds, workers=args.workers)
+    except SettingsMismatch as error:
+        print(f"error: {error.where} was generated with other settings ({error.difference}); delete it or "
+              f"{args.other_folder_hint}", file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"toy dataset ready in {out}")
-    return out
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

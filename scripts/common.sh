@@ -1,32 +1,52 @@
 # Shared by scripts/*.sh: check the environment, then launch main_task_retrieval.py with torchrun.
-# Variables: DATA_DIR (annotation files), VIDEO_DIR (videos), CLIP_DIR (folder holding ViT-B-32.pt etc.),
-# optional OUTPUT_DIR, NPROC (GPUs on this node, default 1), EXTRA_ARGS (appended flags).
+# Variables: DATA_DIR (annotation files), VIDEO_DIR (videos), optional CLIP_DIR (folder holding
+# ViT-B-32.pt etc.; unset, the loader searches $CLIP_HOME, ~/.cache/clip and modules/), OUTPUT_DIR,
+# NPROC (GPUs on this node, default 1), EXTRA_ARGS (appended flags).
 set -euo pipefail
 
+# require_env NAME "what it is" [NAME "what it is" ...]: every unset or non-existent location (and a
+# CLIP_DIR that is set but does not exist) is named at once, in one line.
 require_env() {
-  local name="$1" what="$2"
-  if [ -z "${!name:-}" ]; then
-    echo "error: set $name to $what (e.g. export $name=/path/to/it), then run $(basename "$0") again" >&2
-    exit 2
+  local unset_list="" absent_list="" name what message
+  while [ "$#" -ge 2 ]; do
+    name="$1" what="$2"
+    shift 2
+    if [ -z "${!name:-}" ]; then
+      unset_list="${unset_list:+$unset_list, }$name ($what)"
+    elif [ ! -e "${!name}" ]; then
+      absent_list="${absent_list:+$absent_list, }$name=${!name} ($what)"
+    fi
+  done
+  if [ -n "${CLIP_DIR:-}" ] && [ ! -e "$CLIP_DIR" ]; then
+    what="optional folder holding ViT-B-32.pt; unset, the loader searches \$CLIP_HOME, ~/.cache/clip and modules/"
+    absent_list="${absent_list:+$absent_list, }CLIP_DIR=$CLIP_DIR ($what)"
   fi
-  if [ ! -e "${!name}" ]; then
-    echo "error: $name=${!name} does not exist ($what)" >&2
-    exit 2
+  if [ -z "$unset_list$absent_list" ]; then
+    return 0
   fi
+  message="error:"
+  if [ -n "$unset_list" ]; then
+    message="$message set $unset_list (e.g. export NAME=/path/to/it);"
+  fi
+  if [ -n "$absent_list" ]; then
+    message="$message these do not exist: $absent_list;"
+  fi
+  echo "$message then run $(basename "$0") again" >&2
+  exit 2
 }
 
-# The three locations every MSR-VTT recipe needs.
+# The two locations every MSR-VTT recipe needs.
 require_msrvtt_env() {
-  require_env DATA_DIR "the folder with MSRVTT_train.9k.csv, MSRVTT_JSFUSION_test.csv and MSRVTT_data.json"
-  require_env VIDEO_DIR "the folder with the MSR-VTT videos (video0.mp4 ...)"
-  require_env CLIP_DIR "the folder holding ViT-B-32.pt"
+  require_env DATA_DIR "the folder with MSRVTT_train.9k.csv, MSRVTT_JSFUSION_test.csv and MSRVTT_data.json" \
+    VIDEO_DIR "the folder with the MSR-VTT videos (video0.mp4 ...)"
 }
 
 launch() {
   local root
   root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
   # shellcheck disable=SC2086
-  exec torchrun --standalone --nproc_per_node="${NPROC:-1}" "$root/main_task_retrieval.py" "$@" ${EXTRA_ARGS:-}
+  exec torchrun --standalone --nproc_per_node="${NPROC:-1}" "$root/main_task_retrieval.py" "$@" \
+    ${CLIP_DIR:+--pretrained_dir "$CLIP_DIR"} ${EXTRA_ARGS:-}
 }
 
 # CLIP4Clip's published recipe (README of ArrowLuo/CLIP4Clip): 5 epochs, lr 1e-4 with CLIP at 1e-3 of
@@ -36,8 +56,7 @@ clip4clip_recipe() {
   local datatype="$1" name="$2" words="$3" frames="$4" batch="$5"
   shift 5
   launch --do_train --datatype "$datatype" \
-    --data_path "$DATA_DIR" --features_path "$VIDEO_DIR" --pretrained_dir "$CLIP_DIR" \
-    --output_dir "${OUTPUT_DIR:-ckpts/$name}" \
+    --data_path "$DATA_DIR" --features_path "$VIDEO_DIR" --output_dir "${OUTPUT_DIR:-ckpts/$name}" \
     --epochs 5 --batch_size "$batch" --batch_size_val 16 --lr 1e-4 --coef_lr 1e-3 --warmup_proportion 0.1 \
     --max_words "$words" --max_frames "$frames" --feature_framerate 1 --slice_framepos 2 \
     --freeze_layer_num 0 --linear_patch 2d --sim_header "${SIM_HEADER:-meanP}" --loose_type \

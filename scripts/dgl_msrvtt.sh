@@ -5,6 +5,6 @@
 source "$(dirname "$0")/common.sh"
 require_msrvtt_env
 launch --do_train --config "$(dirname "$0")/../configs/dgl_msrvtt.yaml" \
-  --data_path "$DATA_DIR" --features_path "$VIDEO_DIR" --pretrained_dir "$CLIP_DIR" \
+  --data_path "$DATA_DIR" --features_path "$VIDEO_DIR" \
   --shared_latent_space "${LATENT:-transformer}" \
   --output_dir "${OUTPUT_DIR:-ckpts/msrvtt_dgl_${LATENT:-transformer}}"

@@ -4,5 +4,5 @@
 source "$(dirname "$0")/common.sh"
 require_msrvtt_env
 launch --do_train --config "$(dirname "$0")/../configs/ump_msrvtt.yaml" \
-  --data_path "$DATA_DIR" --features_path "$VIDEO_DIR" --pretrained_dir "$CLIP_DIR" \
+  --data_path "$DATA_DIR" --features_path "$VIDEO_DIR" \
   --output_dir "${OUTPUT_DIR:-ckpts/msrvtt_ump}"

@@ -42,3 +42,18 @@ def test_demo_script_end_to_end_with_overrides(tmp_path):
         assert all(0 <= v <= 100 for v in values[:3]) and 1 <= values[3] <= 8
     summary = lines[start + 2 + len(ROWS)]
     assert summary.startswith(f"T2V R@1 {m['t2v/R1']:.2f}% overall") and "on the 4 temporal-order captions" in summary
+
+
+def test_data_dir_made_with_other_settings_is_one_line_naming_data_dir(tmp_path):
+    from preprocess.make_toy_dataset import make_toy_dataset
+
+    data = make_toy_dataset(tmp_path / "toy", num_train=2, num_test=2, size=16, fps=5, seconds=0.8, workers=1,
+                            progress=False)
+    env = {**os.environ, "PYTHON": sys.executable, "DATA_DIR": str(data), "OUTPUT_DIR": str(tmp_path / "out"),
+           "NUM_TRAIN": "50"}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+    assert proc.stderr.startswith(f"error: {data} was generated with other settings (num_train 2 there, 50 now")
+    assert proc.stderr.rstrip().endswith("delete it or set DATA_DIR=another/folder")
+    assert not (tmp_path / "out").exists()  # stopped before training

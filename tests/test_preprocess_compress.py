@@ -116,3 +116,29 @@ def test_argument_errors_are_one_line(tree, tmp_path, capsys):
     assert "outside --input_root" in capsys.readouterr().err
     assert compress_video.main(["--input_root", str(tmp_path / "none"), "--output_root", str(tmp_path / "o")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_rerun_with_other_settings_is_refused_or_redone_with_overwrite(tmp_path, capsys):
+    write_video(tmp_path / "in" / "a.mp4", gradient_frames(20, 64, 96), 10)  # 2 s, landscape
+    out = tmp_path / "out"
+    base = ["--input_root", str(tmp_path / "in"), "--output_root", str(out), "--workers", "1", "--preset", "ultrafast",
+            "--fps", "2"]
+    assert compress_video.main(base + ["--size", "32"]) == 0
+    assert json.loads((out / "compress_settings.json").read_text()) == {"fps": 2.0, "size": 32, "crf": 23}
+    first = (out / "a.mp4").stat().st_mtime_ns
+    capsys.readouterr()
+
+    assert compress_video.main(base + ["--size", "48"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out} was made with other settings (size 32 there, 48 now)" in err
+    assert "--overwrite" in err and (out / "a.mp4").stat().st_mtime_ns == first
+
+    assert compress_video.main(base + ["--size", "48", "--overwrite"]) == 0
+    assert "1 compressed, 0 already done" in capsys.readouterr().out
+    assert video_stream(ffprobe(out / "a.mp4"))["height"] == 48
+    assert compress_video.main(base + ["--size", "48"]) == 0
+    assert "0 compressed, 1 already done" in capsys.readouterr().out
+
+    (out / "compress_settings.json").unlink()  # outputs whose settings were never recorded
+    assert compress_video.main(base + ["--size", "48"]) == 2
+    assert "holds videos but no compress_settings.json" in capsys.readouterr().err

@@ -123,7 +123,8 @@ def test_resume_skips_stored_videos_and_checks_settings(videos, built, tmp_path,
     assert code == 1 and "1 videos extracted, 1 already in" in out  # portrait stored, broken still fails
     assert read_meta(path, "new")[0]["num_frames"] == 3
     code = frames_to_lmdb.main(["--input_root", str(extra), "--lmdb_path", str(path), "--num_frames", "8"])
-    assert code == 2 and "built with" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "made with other settings (" in err and "selection fps there, num_frames now" in err
 
 
 def test_num_frames_mode(tmp_path):

@@ -1,5 +1,6 @@
-"""Every recipe script names a missing location in one line, and the command it builds parses as flags
-of main_task_retrieval.py (torchrun is replaced by a stand-in that only parses them)."""
+"""Every recipe script names all missing locations in one line, CLIP_DIR is optional, and the command
+it builds parses as flags of main_task_retrieval.py (torchrun is replaced by a stand-in that only
+parses them)."""
 import os
 import stat
 import subprocess
@@ -17,7 +18,8 @@ FAKE_TORCHRUN = f"""#!/bin/sh
 while [ "${{1#--}}" != "$1" ]; do shift; done
 shift
 exec "{sys.executable}" -c 'import sys; sys.path.insert(0, "{ROOT}"); from main_task_retrieval import get_args; \\
-a = get_args(sys.argv[1:]); print("PARSED", a.datatype, a.method or a.sim_header, a.batch_size, a.max_frames)' "$@"
+a = get_args(sys.argv[1:]); print("PARSED", a.datatype, a.method or a.sim_header, a.batch_size, a.max_frames, \\
+a.pretrained_dir)' "$@"
 """
 
 
@@ -34,16 +36,43 @@ def test_missing_location_is_one_line(script, tmp_path):
     assert result.stderr.count("\n") == 1 and "set DATA_DIR" in result.stderr
 
 
-@pytest.mark.parametrize("script", sorted(RECIPES))
-def test_recipe_flags_parse(script, tmp_path):
+def test_every_missing_location_in_the_same_line(tmp_path):
+    result = run("msrvtt.sh", {}, tmp_path)
+    assert result.stderr.count("\n") == 1
+    assert "set DATA_DIR (" in result.stderr and ", VIDEO_DIR (" in result.stderr and "CLIP_DIR" not in result.stderr
+    result = run("msvd.sh", {"DATA_DIR": str(tmp_path / "nope"), "CLIP_DIR": str(tmp_path / "no_weights")}, tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "set VIDEO_DIR (" in result.stderr
+    assert f"these do not exist: DATA_DIR={tmp_path / 'nope'} (" in result.stderr
+    assert f"CLIP_DIR={tmp_path / 'no_weights'} (optional" in result.stderr
+
+
+def test_activitynet_id_lists_are_optional(tmp_path):
+    # The parser needs train.json and val_1.json; train_ids.json / val_ids.json only restrict them.
+    result = run("activitynet.sh", {}, tmp_path)
+    expected = "DATA_DIR (the folder with train.json and val_1.json (train_ids.json / val_ids.json optional))"
+    assert expected in result.stderr
+
+
+def fake_torchrun(tmp_path) -> str:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     torchrun = bin_dir / "torchrun"
     torchrun.write_text(FAKE_TORCHRUN)
     torchrun.chmod(torchrun.stat().st_mode | stat.S_IEXEC)
-    env = {"DATA_DIR": str(tmp_path), "VIDEO_DIR": str(tmp_path), "CLIP_DIR": str(tmp_path),
-           "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return f"{bin_dir}:{os.environ['PATH']}"
+
+
+# Every recipe without CLIP_DIR; with it, one through clip4clip_recipe and one calling launch directly.
+@pytest.mark.parametrize("script,clip_dir", [(s, False) for s in sorted(RECIPES)]
+                         + [("msrvtt.sh", True), ("dgl_msrvtt.sh", True)])
+def test_recipe_flags_parse(script, clip_dir, tmp_path):
+    env = {"DATA_DIR": str(tmp_path), "VIDEO_DIR": str(tmp_path), "PATH": fake_torchrun(tmp_path)}
+    if clip_dir:
+        env["CLIP_DIR"] = str(tmp_path)
     result = run(script, env, tmp_path)
     assert result.returncode == 0, result.stderr[-1500:]
     parsed = result.stdout.split()
     assert parsed[0] == "PARSED" and parsed[1] == RECIPES[script]
+    # Without CLIP_DIR no --pretrained_dir: the loader searches $CLIP_HOME, ~/.cache/clip and modules/.
+    assert parsed[-1] == (str(tmp_path) if clip_dir else "None")

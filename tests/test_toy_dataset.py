@@ -198,7 +198,7 @@ def test_resume_keeps_videos_rewrites_missing_and_refuses_other_parameters(tmp_p
     np.testing.assert_array_equal(decode(removed), before)
     assert not (out / "videos/video2.mp4.part.mp4").exists()
     assert (out / "MSRVTT_data.json").is_file()
-    with pytest.raises(FileExistsError, match="other parameters"):
+    with pytest.raises(FileExistsError, match=r"made with other settings \(seed 0 there, 1 now\)"):
         make_toy_dataset(out, seed=1, num_train=3, num_test=4, fps=5, seconds=1.6, size=32, progress=False)
 
 

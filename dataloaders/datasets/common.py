@@ -9,6 +9,9 @@ from pathlib import Path
 from dataloaders.base import DataError, VideoRecord
 
 SPLITS = ("train", "val", "test")
+# Annotation text is UTF-8; "-sig" drops the byte-order mark that Excel and Notepad put in front, which
+# would otherwise stick to the first column name ("\ufeffvideo_path") or break the first JSON value.
+ENCODING = "utf-8-sig"
 
 
 class AnnotationParser:
@@ -62,14 +65,14 @@ class AnnotationParser:
     def read_json(self, path: Path, what: str):
         self.require(path, what)
         try:
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding=ENCODING) as f:
                 return json.load(f)
         except json.JSONDecodeError as error:
             raise self.error(f"{path} is not valid JSON ({error}); expected {what}") from error
 
     def read_lines(self, path: Path, what: str) -> list[str]:
         self.require(path, what)
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding=ENCODING) as f:
             return [line.strip() for line in f if line.strip()]
 
     def listed_records(self, split: str, captions: dict, source: str, extension: str) -> list[VideoRecord]:

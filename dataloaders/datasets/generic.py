@@ -8,17 +8,25 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
+from typing import Iterator
 
 from dataloaders.base import VideoRecord
-from dataloaders.datasets.common import AnnotationParser
+from dataloaders.datasets.common import ENCODING, AnnotationParser
 from dataloaders.datasets.registry import register_dataset
 
 
 def _seconds(value) -> float | None:
+    """Seconds from a start/end cell; None for an empty cell. Raises ValueError for anything else."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    return float(value)
+    if isinstance(value, bool):
+        raise ValueError(value)
+    seconds = float(value)  # TypeError for lists and objects, ValueError for text
+    if not math.isfinite(seconds):
+        raise ValueError(value)
+    return seconds
 
 
 class TableParser(AnnotationParser):
@@ -33,21 +41,38 @@ class TableParser(AnnotationParser):
         # train and test are required (a missing file is an error naming it); val is optional.
         return split != "val" or self.split_file(split).is_file()
 
-    def rows(self, path: Path) -> list[dict]:
+    def rows(self, path: Path) -> Iterator[tuple[int, dict]]:
+        """(line number, row) for every row of the file."""
         raise NotImplementedError
+
+    def window(self, path: Path, line: int, row: dict) -> tuple[float | None, float | None]:
+        seconds = {}
+        for column in ("start", "end"):
+            try:
+                seconds[column] = _seconds(row.get(column))
+            except (TypeError, ValueError):
+                raise self.error(f"{path} line {line}: column {column} is {row.get(column)!r}, "
+                                 "not a number of seconds (leave it empty for the whole video)") from None
+        start, end = seconds["start"], seconds["end"]
+        if start is not None and end is not None and end < start:
+            raise self.error(f"{path} line {line}: end {end:g} s is before start {start:g} s")
+        return start, end
 
     def records(self, split: str) -> list[VideoRecord]:
         path = self.require(self.split_file(split), f"{split} split: video_path, caption[, start, end]")
         base = Path(self.args.features_path) if self.args.features_path else path.parent
         grouped: dict[tuple, VideoRecord] = {}
-        for number, row in enumerate(self.rows(path), 1):
+        for line, row in self.rows(path):
             if not row.get("video_path") or row.get("caption") in (None, ""):
-                raise self.error(f"{path} row {number} lacks video_path or caption")
-            start, end = _seconds(row.get("start")), _seconds(row.get("end"))
+                raise self.error(f"{path} line {line} lacks video_path or caption")
+            start, end = self.window(path, line, row)
             key = (row["video_path"], start, end)
             if key not in grouped:
-                video_id = row["video_path"] if start is None and end is None else f"{row['video_path']}@{start}-{end}"
-                grouped[key] = VideoRecord(video_id, str(base / row["video_path"]), [], start, end)
+                whole = start is None and end is None
+                video_id = row["video_path"] if whole else f"{row['video_path']}@{start}-{end}"
+                # Where a window was written, for the check of windows against video durations.
+                extra = {} if whole else {"annotation": str(path), "line": line}
+                grouped[key] = VideoRecord(video_id, str(base / row["video_path"]), [], start, end, extra=extra)
             captions = row["caption"] if isinstance(row["caption"], list) else [row["caption"]]
             grouped[key].captions.extend(str(c) for c in captions)
         return list(grouped.values())
@@ -58,12 +83,19 @@ class CSVParser(TableParser):
     suffix = ".csv"
     expected_files = "train.csv, val.csv, test.csv (header video_path,caption[,start,end]) or --train_csv/--val_csv/--test_csv"
 
-    def rows(self, path: Path) -> list[dict]:
-        with open(path, newline="", encoding="utf-8") as f:
+    def rows(self, path: Path) -> Iterator[tuple[int, dict]]:
+        with open(path, newline="", encoding=ENCODING) as f:
             reader = csv.DictReader(f)
-            if not {"video_path", "caption"} <= set(reader.fieldnames or []):
-                raise self.error(f"{path} has columns {', '.join(reader.fieldnames or [])}; expected video_path, caption[, start, end]")
-            return list(reader)
+            columns = reader.fieldnames or []
+            if not {"video_path", "caption"} <= set(columns):
+                raise self.error(f"{path} has columns {', '.join(columns)}; expected video_path, caption[, start, end]")
+            for row in reader:
+                if None in row:  # DictReader keeps the fields past the header's under the key None
+                    raise self.error(
+                        f"{path} line {reader.line_num} has {len(columns) + len(row[None])} fields for the "
+                        f"{len(columns)} columns of the header ({', '.join(columns)}): quote a caption that holds "
+                        'a comma ("a green circle, moving right")')
+                yield reader.line_num, row
 
 
 @register_dataset("jsonl")
@@ -72,13 +104,15 @@ class JSONLParser(TableParser):
     expected_files = ("train.jsonl, val.jsonl, test.jsonl (one object per line with video_path, caption[, start, end]) "
                       "or --train_csv/--val_csv/--test_csv")
 
-    def rows(self, path: Path) -> list[dict]:
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as error:
-                        raise self.error(f"{path}:{number} is not a JSON object ({error})") from error
-        return rows
+    def rows(self, path: Path) -> Iterator[tuple[int, dict]]:
+        with open(path, encoding=ENCODING) as f:
+            for line, text in enumerate(f, 1):
+                if not text.strip():
+                    continue
+                try:
+                    row = json.loads(text)
+                except json.JSONDecodeError as error:
+                    raise self.error(f"{path} line {line} is not a JSON object ({error})") from error
+                if not isinstance(row, dict):
+                    raise self.error(f"{path} line {line} holds a JSON {type(row).__name__}, not an object")
+                yield line, row

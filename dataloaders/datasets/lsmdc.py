@@ -6,7 +6,7 @@ Videos are ``<movie>/<clip id>.avi``; they are found anywhere below --features_p
 from __future__ import annotations
 
 from dataloaders.base import VideoRecord
-from dataloaders.datasets.common import AnnotationParser
+from dataloaders.datasets.common import ENCODING, AnnotationParser
 from dataloaders.datasets.registry import register_dataset
 
 FILES = {"train": "LSMDC16_annos_training.csv", "val": "LSMDC16_annos_val.csv",
@@ -23,7 +23,7 @@ class LSMDCParser(AnnotationParser):
     def records(self, split: str) -> list[VideoRecord]:
         path = self.require(self.data_dir / FILES[split], "tab-separated, 6 fields, no header")
         captions: dict[str, list[str]] = {}
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding=ENCODING) as f:
             for number, line in enumerate(f, 1):
                 line = line.rstrip("\r\n")
                 if not line.strip():

@@ -12,7 +12,7 @@ import csv
 from pathlib import Path
 
 from dataloaders.base import VideoRecord
-from dataloaders.datasets.common import AnnotationParser, group_captions
+from dataloaders.datasets.common import ENCODING, AnnotationParser, group_captions
 from dataloaders.datasets.registry import register_dataset
 
 JSON_NAME = "MSRVTT_data.json"
@@ -59,7 +59,7 @@ class MSRVTTParser(AnnotationParser):
 
     def read_csv(self, path: Path, columns: set[str], what: str) -> list[dict]:
         self.require(path, what)
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding=ENCODING) as f:
             reader = csv.DictReader(f)
             header = set(reader.fieldnames or [])
             if not columns <= header:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 from dataloaders.base import VideoRecord
-from dataloaders.datasets.common import AnnotationParser
+from dataloaders.datasets.common import ENCODING, AnnotationParser
 from dataloaders.datasets.registry import register_dataset
 
 LANGUAGE_FIELD = {"english": "enCap", "chinese": "chCap"}
@@ -34,7 +34,7 @@ class VATEXParser(AnnotationParser):
 
     def load_official(self, name: str) -> list[dict]:
         path = self.require(self.data_dir / name, "official VATEX json: list of {videoID, enCap, chCap}")
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding=ENCODING)
         try:
             items = json.loads(text)
         except json.JSONDecodeError:  # some copies are JSON lines

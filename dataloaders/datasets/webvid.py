@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from dataloaders.base import VideoRecord
-from dataloaders.datasets.common import AnnotationParser
+from dataloaders.datasets.common import ENCODING, AnnotationParser
 from dataloaders.datasets.registry import register_dataset
 
 COLUMNS = ["videoid", "page_dir", "name"]
@@ -29,10 +29,10 @@ class WebVidParser(AnnotationParser):
 
     def records(self, split: str) -> list[VideoRecord]:
         path = self.require(self.split_file(split), "columns videoid, contentUrl, duration, page_dir, name")
-        header = pd.read_csv(path, nrows=0).columns
+        header = pd.read_csv(path, nrows=0, encoding=ENCODING).columns
         if not set(COLUMNS) <= set(header):
             raise self.error(f"{path} has columns {', '.join(header)}; expected videoid, contentUrl, duration, page_dir, name")
-        table = pd.read_csv(path, usecols=COLUMNS, dtype=str, keep_default_na=False)
+        table = pd.read_csv(path, encoding=ENCODING, usecols=COLUMNS, dtype=str, keep_default_na=False)
         root = self.features_path / "videos" if (self.features_path / "videos").is_dir() else self.features_path
         return [VideoRecord(vid, str(root / page / f"{vid}.mp4"), [caption])
                 for vid, page, caption in zip(table["videoid"], table["page_dir"], table["name"])]

@@ -36,6 +36,16 @@ def probe(path, backend: str = "auto", lmdb_path=None, threads: int = 1) -> Vide
     return with_reader(path, candidate_backends(backend, lmdb_path), lambda r: r.info(), threads, lmdb_path)
 
 
+def probe_duration(path, backend: str = "auto", lmdb_path=None) -> float | None:
+    """Seconds of a video as the loader sees it (frame count / fps from the container header, or from
+    the LMDB's metadata; nothing is decoded), or None when it cannot be opened or has no frame rate."""
+    try:
+        return with_reader(path, candidate_backends(backend, lmdb_path),
+                           lambda r: r.num_frames / r.fps if r.fps > 0 else None, lmdb_path=lmdb_path)
+    except Exception:  # VideoDecodeError or a decoder crash: an unreadable video is not a window problem
+        return None
+
+
 class VideoClipLoader:
     """Loads one clip for a model: ``loader(path, start, end, rng) -> (video, video_mask)``.
 
