@@ -2,11 +2,14 @@
 
 Every reader exposes ``num_frames`` and ``fps`` right after opening (enough to choose indices), and
 ``get(indices)`` returns exactly those frames as uint8 RGB ``(len(indices), H, W, 3)``. A reader never
-returns a blank frame for one it could not decode: it raises VideoDecodeError.
+returns a blank frame for one it could not decode: it raises VideoDecodeError. Every file backend also
+reads a video held in memory (:class:`VideoBytes`, e.g. from a tar shard) without a temporary file.
 """
 from __future__ import annotations
 
+import io
 import os
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -34,15 +37,36 @@ class VideoInfo:
     height: int
 
 
+class VideoBytes:
+    """A whole video file held in memory (a sample of a tar shard), readable by every file backend.
+    ``name`` stands for the path in errors, e.g. ``000012.tar/video7.mp4``."""
+
+    def __init__(self, data: bytes, name: str):
+        self.data = data
+        self.name = str(name)
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Reader:
     """An open video. Subclasses set num_frames/fps in __init__ and implement _decode and _size."""
 
     name = "?"
 
     def __init__(self, path):
+        self.source = path  # a path, or VideoBytes
         self.path = str(path)
         self.num_frames = 0
         self.fps = 0.0
+
+    def _input(self, as_bytes: bool = False):
+        """What the library opens: the path, or for VideoBytes a stream over them (``as_bytes``: the bytes).
+        The stream is kept on the reader, since a library may read from it lazily."""
+        if not isinstance(self.source, VideoBytes):
+            return self.path
+        self._stream = self.source.data if as_bytes else io.BytesIO(self.source.data)
+        return self._stream
 
     def fail(self, reason: str, cls=VideoDecodeError) -> VideoDecodeError:
         return cls(self.path, f"{reason} [{self.name}]")
@@ -104,7 +128,7 @@ class DecordReader(Reader):
         super().__init__(path)
         import decord
         try:
-            self._vr = decord.VideoReader(self.path, ctx=decord.cpu(0), num_threads=threads)
+            self._vr = decord.VideoReader(self._input(), ctx=decord.cpu(0), num_threads=threads)
             self.num_frames = len(self._vr)
             self.fps = float(self._vr.get_avg_fps())
         except Exception as exc:
@@ -129,7 +153,7 @@ class CV2Reader(Reader):
         super().__init__(path)
         import cv2
         self._cv2 = cv2
-        cap = cv2.VideoCapture(self.path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, int(threads)])
+        cap = cv2.VideoCapture(self._input(), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, int(threads)])
         if not cap.isOpened():
             raise self.fail("OpenCV cannot open it (not a video, or a truncated container)")
         self._cap = cap
@@ -180,7 +204,7 @@ class PyAVReader(Reader):
         super().__init__(path)
         import av
         try:
-            self._container = av.open(self.path, metadata_errors="ignore")
+            self._container = av.open(self._input(), metadata_errors="ignore")
         except Exception as exc:
             raise self.fail(f"cannot open: {describe(exc)}") from exc
         if not self._container.streams.video:
@@ -296,8 +320,8 @@ class TorchCodecReader(Reader):
         super().__init__(path)
         from torchcodec.decoders import VideoDecoder
         try:
-            self._dec = VideoDecoder(self.path, dimension_order="NHWC", num_ffmpeg_threads=int(threads),
-                                     seek_mode="exact")
+            self._dec = VideoDecoder(self._input(as_bytes=True), dimension_order="NHWC",
+                                     num_ffmpeg_threads=int(threads), seek_mode="exact")
         except Exception as exc:
             raise self.fail(f"cannot open: {describe(exc)}") from exc
         meta = self._dec.metadata
@@ -314,26 +338,29 @@ class TorchCodecReader(Reader):
 
 
 _LMDB_ENVS: dict = {}
+_LMDB_LOCK = threading.Lock()  # an environment must not be opened twice in one process (thread pools probe)
 
 
 def open_lmdb(lmdb_path) -> "lmdb.Environment":  # noqa: F821
     """One read-only environment per process (LMDB handles must not cross a fork)."""
     import lmdb
     key = (os.path.abspath(str(lmdb_path)), os.getpid())
-    env = _LMDB_ENVS.get(key)
-    if env is None:
-        if not Path(lmdb_path).exists():
-            raise FileNotFoundError(f"LMDB not found at {lmdb_path}; build it with preprocess/frames_to_lmdb.py")
-        env = lmdb.open(str(lmdb_path), readonly=True, lock=False, readahead=False, meminit=False,
-                        max_readers=2048)
-        _LMDB_ENVS[key] = env
+    with _LMDB_LOCK:
+        env = _LMDB_ENVS.get(key)
+        if env is None:
+            if not Path(lmdb_path).exists():
+                raise FileNotFoundError(f"LMDB not found at {lmdb_path}; build it with preprocess/frames_to_lmdb.py")
+            env = lmdb.open(str(lmdb_path), readonly=True, lock=False, readahead=False, meminit=False,
+                            max_readers=2048)
+            _LMDB_ENVS[key] = env
     return env
 
 
 def close_lmdb() -> None:
     """Close this process's cached LMDB handles (before rewriting an LMDB from the same process)."""
-    for key in [k for k in _LMDB_ENVS if k[1] == os.getpid()]:
-        _LMDB_ENVS.pop(key).close()
+    with _LMDB_LOCK:
+        for key in [k for k in _LMDB_ENVS if k[1] == os.getpid()]:
+            _LMDB_ENVS.pop(key).close()
 
 
 class LMDBReader(Reader):
@@ -413,6 +440,10 @@ def candidate_backends(backend: str, lmdb_path=None) -> list[str]:
 
 def check_file(path) -> None:
     """Fail fast, with a precise reason, on a missing or 0-byte file before any decoder sees it."""
+    if isinstance(path, VideoBytes):
+        if not len(path.data):
+            raise EmptyVideoError(path, "the video is empty (0 bytes)")
+        return
     try:
         size = os.stat(path).st_size
     except FileNotFoundError:
