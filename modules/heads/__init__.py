@@ -2,6 +2,7 @@
 from .base import HEADS, RetrievalHead, get_head, list_heads, register_head, symmetric_infonce
 from . import clip4clip  # noqa: F401  (registers meanP, seqLSTM, seqTransf, tightTransf)
 from . import dgl, ump  # noqa: F401  (registers the prompt-tuning heads dgl and ump)
+from .hmmc import HMMC  # registers hmmc (HMMC pre-training and fine-tuning)
 from .prompting import add_prompt_args
 
-__all__ = ["HEADS", "RetrievalHead", "add_prompt_args", "get_head", "list_heads", "register_head", "symmetric_infonce"]
+__all__ = ["HEADS", "HMMC", "RetrievalHead", "add_prompt_args", "get_head", "list_heads", "register_head", "symmetric_infonce"]

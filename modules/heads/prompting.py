@@ -75,9 +75,12 @@ class TextPromptHook(BlockHook):
 
 
 def add_prompt_args(parser) -> None:
-    """Flags of every prompt-tuning head (called from modules.factory.add_model_args)."""
+    """Flags of the heads that have their own (called from modules.factory.add_model_args): the
+    prompt-tuning heads DGL and UMP, and HMMC."""
     from .dgl import add_dgl_args
+    from .hmmc import add_hmmc_args
     from .ump import add_ump_args
 
     add_dgl_args(parser)
     add_ump_args(parser)
+    add_hmmc_args(parser)
