@@ -43,6 +43,10 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="msrvtt training: every (caption, video) pair per epoch instead of one random caption per video")
     group.add_argument("--max_words", type=int, default=32, help="text tokens incl. start/end (64 for paragraphs)")
     group.add_argument("--language", default="english", choices=["english", "chinese"], help="vatex captions: enCap or chCap")
+    group.add_argument("--train_shards", default=None,
+                       help="--datatype webdataset: the training shards, a brace pattern \"DIR/{000000..000099}.tar\" "
+                            "(preprocess/make_shards.py writes them)")
+    group.add_argument("--shuffle_buffer", type=int, default=1000, help="webdataset: samples in the shuffle buffer")
     group.add_argument("--max_decode_failures", type=int, default=None,
                        help="training stops once more videos than this fail to decode (default: use the fraction)")
     group.add_argument("--max_decode_failure_fraction", type=_non_negative, default=0.01,

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
 
 from engine import checkpoint as ckpt
 from engine.distributed import DistEnv, all_reduce_flag, barrier, broadcast_object, init_distributed
 from engine.evaluate import check_query_subsets, evaluate_split, qb_norm_inputs, to_device
 from engine.step import StepContext
 from engine.optim import build_optimizer
+from engine.train_data import EpochSampler, build_train_data  # noqa: F401  (EpochSampler: public here too)
 
 log = logging.getLogger("univtr")
 
@@ -52,46 +52,6 @@ def add_train_args(parser):
                    help="stop with an error after this many steps with a non-finite loss (each is skipped)")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu")
     return parser
-
-
-# ----------------------------------------------------------------------------------------------------
-# Data order
-
-
-class EpochSampler(Sampler):
-    """This rank's indices for one epoch, deterministic from (seed, epoch).
-
-    Global batch s takes permutation entries [s*B, (s+1)*B); micro-step a of it takes the a-th of
-    ``accumulation`` equal chunks, and rank r the r-th slice of that chunk, so gathering the ranks'
-    features in rank order gives the same rows, in the same order, as one process would have.
-    Incomplete final batches are dropped. ``start_step`` skips the batches already done (resume).
-    """
-
-    def __init__(self, size: int, global_batch: int, env: DistEnv, accumulation: int, seed: int):
-        self.size, self.global_batch, self.env, self.accumulation, self.seed = size, global_batch, env, accumulation, seed
-        self.micro = global_batch // (env.world_size * accumulation)
-        self.steps = size // global_batch
-        self.epoch, self.start_step = 0, 0
-
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        self.epoch, self.start_step = epoch, start_step
-
-    def _order(self) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(self.size, generator=g).tolist()
-        out = []
-        for step in range(self.start_step, self.steps):
-            batch = perm[step * self.global_batch:(step + 1) * self.global_batch]
-            for a in range(self.accumulation):
-                chunk = batch[a * self.micro * self.env.world_size:(a + 1) * self.micro * self.env.world_size]
-                out += chunk[self.env.rank * self.micro:(self.env.rank + 1) * self.micro]
-        return out
-
-    def __iter__(self):
-        return iter(self._order())
-
-    def __len__(self) -> int:
-        return (self.steps - self.start_step) * self.accumulation * self.micro
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -229,13 +189,14 @@ def run(args) -> dict:
              f"{count_parameters(model, trainable_only=True):,}", f"{count_parameters(model):,}", env.world_size,
              env.device)
 
-    test_set = build_dataset(eval_args, "test")
+    test_set = build_dataset(eval_args, "test", tokenizer=model.tokenizer())
     log.info(test_set.describe())
     if training:
         return train(model, args, env, rule, test_set, output_dir, metrics_log)
     qb_norm = None
     if args.qb_norm:
-        qb_norm = qb_norm_inputs(model, args, env, build_dataset(args, "train"), build_dataset(args, "val"))
+        qb_norm = qb_norm_inputs(model, args, env, build_dataset(args, "train", tokenizer=model.tokenizer()),
+                                 build_dataset(args, "val", tokenizer=model.tokenizer()))
     check_query_subsets([test_set], args)
     result = evaluate_split(model, test_set, args, env, args.precision if args.precision != "fp16_weights" else "fp32",
                             qb_norm=qb_norm)
@@ -250,29 +211,22 @@ def run(args) -> dict:
 def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, metrics_log: MetricsLog) -> dict:
     from dataloaders import build_dataset
 
-    train_set = build_dataset(args, "train")
-    val_set = build_dataset(args, "val") if rule.split == "val" or args.qb_norm else None
-    log.info(train_set.describe())
+    data = build_train_data(args, env, tokenizer=model.tokenizer())
+    train_set = getattr(data.dataset, "text_dataset", None) and data.dataset  # QB-Norm's bank (map-style data)
+    val_set = build_dataset(args, "val", tokenizer=model.tokenizer()) if rule.split == "val" or args.qb_norm else None
     if val_set is not None:
         log.info(val_set.describe())
     check_query_subsets([s for s in (val_set if rule.split == "val" else None, test_set) if s is not None], args)
-    per_step = env.world_size * args.gradient_accumulation_steps
-    if args.batch_size % per_step:
-        raise ValueError(f"--batch_size {args.batch_size} must divide by world size x accumulation = {per_step}")
-    if len(train_set) < args.batch_size:
-        raise ValueError(f"--batch_size {args.batch_size} exceeds the {len(train_set)} training items")
+    model.check_batch(args.batch_size)  # e.g. HMMC's queue length must be a multiple of the global batch
 
-    sampler = EpochSampler(len(train_set), args.batch_size, env, args.gradient_accumulation_steps, args.seed)
-    loader = DataLoader(train_set, batch_size=sampler.micro, sampler=sampler, num_workers=args.num_thread_reader,
-                        pin_memory=env.device.type == "cuda", drop_last=False,
-                        persistent_workers=False)
-    total_steps = sampler.steps * args.epochs
-    optimizer, scheduler = build_optimizer(model, args, total_steps)
+    optimizer, scheduler = build_optimizer(model, args, data.total_steps(args.epochs))
     scaler = torch.amp.GradScaler(env.device.type) if args.precision == "amp_fp16" else None
     ddp_model = model
     if env.distributed:
+        # No buffer broadcast: every rank updates a head's buffers (queues, ...) identically from gathered
+        # features, so re-sending rank 0's (50 MB of HMMC queues at B/32) every step would only cost time.
         ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+            model, device_ids=[env.device.index] if env.device.type == "cuda" else None, broadcast_buffers=False)
 
     start_epoch, step, step_in_epoch, best = 0, 0, 0, {"score": -math.inf, "epoch": None, "metrics": {}, "table": ""}
     nonfinite = 0
@@ -287,27 +241,29 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
         start_epoch, step, step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
         best = state["extra"].get("best", best)
         nonfinite = state["extra"].get("nonfinite", 0)
+        data.load_state_dict(state["extra"].get("data", {}))
         log.info("resumed from %s: epoch %d, step %d (%d into the epoch)", args.resume, start_epoch, step, step_in_epoch)
 
     def save_state(epoch, step_in_epoch):
+        data_state = data.state_dict(env)  # on every rank: a stream's progress is gathered
         if output_dir is not None and env.is_main:
             ckpt.save_training_state(output_dir / "checkpoint_last.pt", model=model, optimizer=optimizer,
                                      scheduler=scheduler, scaler=scaler, epoch=epoch, step=step,
                                      step_in_epoch=step_in_epoch, args=args,
-                                     extra={"best": best, "nonfinite": nonfinite})
+                                     extra={"best": best, "nonfinite": nonfinite, "data": data_state})
 
     fault_at = int(os.environ.get("UNIVTR_FAULT_AT_STEP", "0"))  # tests: die abruptly at this step
     for epoch in range(start_epoch, args.epochs):
-        train_set.set_epoch(epoch)
-        sampler.set_epoch(epoch, step_in_epoch)
+        micro_batches, last_step = data.epoch(epoch, step_in_epoch)
         model.train()
         pairs, started, epoch_loss, epoch_steps = 0, time.perf_counter(), 0.0, 0
-        micro_batches = iter(loader)
-        progress = _progress(sampler.steps, step_in_epoch, epoch, args, env)
-        for step_in_epoch in range(step_in_epoch, sampler.steps):
+        progress = _progress(last_step, step_in_epoch, epoch, args, env)
+        for step_in_epoch in range(step_in_epoch, last_step):
             losses_for_log, skipped = {}, False
             for a in range(args.gradient_accumulation_steps):
-                batch = to_device(next(micro_batches), env.device)
+                batch = next(micro_batches)
+                data.consumed(batch)
+                batch = to_device(batch, env.device)
                 sync = a == args.gradient_accumulation_steps - 1 or not env.distributed
                 with (nullcontext() if sync else ddp_model.no_sync()):
                     losses = contrastive_losses(ddp_model, batch, env, args.precision, step)
@@ -352,7 +308,7 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
                                      refresh=False)  # update() redraws, at most every mininterval
                 progress.update(1)
             if step % args.n_display == 0:
-                log.info("epoch %d step %d/%d loss %.4f lr %.3e %.1f pairs/s", epoch + 1, step_in_epoch + 1, sampler.steps,
+                log.info("epoch %d step %d/%d loss %.4f lr %.3e %.1f pairs/s", epoch + 1, step_in_epoch + 1, last_step,
                          losses_for_log.get("loss", float("nan")), scheduler.get_last_lr()[-1], pairs / max(elapsed, 1e-9))
             if args.save_every_steps and step % args.save_every_steps == 0:
                 save_state(epoch, step_in_epoch + 1)

@@ -100,6 +100,13 @@ class RetrievalHead(nn.Module):
     def after_optimizer_step(self, ctx) -> None:
         """Runs after every optimiser step (momentum updates and the like); nothing by default."""
 
+    def check_batch(self, global_batch: int) -> None:
+        """Raise ValueError (one line) when the global batch does not suit the head; checked at start-up."""
+
+    def tokenizer(self):
+        """The caption tokenizer, ``(texts, max_words) -> (ids, mask)``; None: CLIP's BPE."""
+        return None
+
     def encode_text(self, text_ids: Tensor, text_mask: Tensor):
         return self.clip.encode_text(text_ids, text_mask)
 
