@@ -1,7 +1,8 @@
 # Shared by scripts/*.sh: check the environment, then launch main_task_retrieval.py with torchrun.
 # Variables: DATA_DIR (annotation files), VIDEO_DIR (videos), optional CLIP_DIR (folder holding
 # ViT-B-32.pt etc.; unset, the loader searches $CLIP_HOME, ~/.cache/clip and modules/), OUTPUT_DIR,
-# NPROC (GPUs on this node, default 1), EXTRA_ARGS (appended flags).
+# NPROC (GPUs on this node, default 1), EXTRA_ARGS (appended flags), ENTRY (the entry script launched,
+# default main_task_retrieval.py).
 set -euo pipefail
 
 # require_env NAME "what it is" [NAME "what it is" ...]: every unset or non-existent location (and a
@@ -45,7 +46,7 @@ launch() {
   local root
   root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
   # shellcheck disable=SC2086
-  exec torchrun --standalone --nproc_per_node="${NPROC:-1}" "$root/main_task_retrieval.py" "$@" \
+  exec torchrun --standalone --nproc_per_node="${NPROC:-1}" "$root/${ENTRY:-main_task_retrieval.py}" "$@" \
     ${CLIP_DIR:+--pretrained_dir "$CLIP_DIR"} ${EXTRA_ARGS:-}
 }
 

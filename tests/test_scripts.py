@@ -11,15 +11,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"msrvtt.sh": "msrvtt", "msvd.sh": "msvd", "lsmdc.sh": "lsmdc", "didemo.sh": "didemo",
-           "activitynet.sh": "activitynet", "vatex.sh": "vatex", "dgl_msrvtt.sh": "msrvtt", "ump_msrvtt.sh": "msrvtt"}
+           "activitynet.sh": "activitynet", "vatex.sh": "vatex", "dgl_msrvtt.sh": "msrvtt", "ump_msrvtt.sh": "msrvtt",
+           "hmmc_msrvtt.sh": "msrvtt", "hmmc_vatex.sh": "vatex"}
 
 FAKE_TORCHRUN = f"""#!/bin/sh
-# Drop torchrun's own options and the script path, then only parse the flags.
+# Drop torchrun's own options, then only parse the flags with the entry script's own get_args.
 while [ "${{1#--}}" != "$1" ]; do shift; done
-shift
-exec "{sys.executable}" -c 'import sys; sys.path.insert(0, "{ROOT}"); from main_task_retrieval import get_args; \\
-a = get_args(sys.argv[1:]); print("PARSED", a.datatype, a.method or a.sim_header, a.batch_size, a.max_frames, \\
-a.pretrained_dir)' "$@"
+exec "{sys.executable}" -c 'import sys, os, importlib; sys.path.insert(0, "{ROOT}"); \\
+entry = importlib.import_module(os.path.basename(sys.argv[1])[:-3]); a = entry.get_args(sys.argv[2:]); \\
+print("PARSED", a.datatype, a.method or a.sim_header, a.batch_size, a.max_frames, a.pretrained_dir, \\
+os.path.basename(sys.argv[1]))' "$@"
 """
 
 
@@ -75,4 +76,22 @@ def test_recipe_flags_parse(script, clip_dir, tmp_path):
     parsed = result.stdout.split()
     assert parsed[0] == "PARSED" and parsed[1] == RECIPES[script]
     # Without CLIP_DIR no --pretrained_dir: the loader searches $CLIP_HOME, ~/.cache/clip and modules/.
-    assert parsed[-1] == (str(tmp_path) if clip_dir else "None")
+    assert parsed[-2] == (str(tmp_path) if clip_dir else "None")
+    assert parsed[-1] == "main_task_retrieval.py"
+
+
+@pytest.mark.parametrize("corpus", ["shards", "csv"])
+def test_hmmc_pretrain_script_launches_main_pretrain(corpus, tmp_path):
+    missing = run("hmmc_pretrain.sh", {}, tmp_path)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert "set EVAL_DATA_DIR (" in missing.stderr and "EVAL_VIDEO_DIR (" in missing.stderr
+    env = {"EVAL_DATA_DIR": str(tmp_path), "EVAL_VIDEO_DIR": str(tmp_path), "PATH": fake_torchrun(tmp_path)}
+    if corpus == "shards":
+        env["SHARDS"] = f"{tmp_path}/{{000000..000009}}.tar"
+    else:
+        env |= {"DATATYPE": "csv", "DATA_DIR": str(tmp_path), "VIDEO_DIR": str(tmp_path)}
+    result = run("hmmc_pretrain.sh", env, tmp_path)
+    assert result.returncode == 0, result.stderr[-1500:]
+    parsed = result.stdout.split()
+    assert parsed[:5] == ["PARSED", "webdataset" if corpus == "shards" else "csv", "hmmc", "128", "12"]
+    assert parsed[-1] == "main_pretrain.py"
