@@ -129,17 +129,18 @@ def similarity_tiles(model, text: Features, video: Features) -> M.TileFn:
 
 
 def find_subset_file(path: str, args) -> Path:
-    """``path`` as given, else relative to --data_path (its folder when it names a file)."""
+    """``path`` as given, else relative to the evaluated benchmark's folder (--eval_data_path when
+    pre-training evaluates another benchmark, else --data_path; its folder when it names a file)."""
     given = Path(path)
     if given.is_file():
         return given
-    data_path = getattr(args, "data_path", None)
-    if data_path and not given.is_absolute():
-        base = Path(data_path)
+    folders = [f for f in (getattr(args, "eval_data_path", None), getattr(args, "data_path", None)) if f]
+    for folder in folders if not given.is_absolute() else []:
+        base = Path(folder)
         base = base.parent if base.is_file() else base
         if (base / given).is_file():
             return base / given
-    raise ValueError(f"--eval_query_subset: no such file {path}" + (f" (nor in {data_path})" if data_path else ""))
+    raise ValueError(f"--eval_query_subset: no such file {path}" + (f" (nor in {' or '.join(folders)})" if folders else ""))
 
 
 def read_subset_entries(path: Path) -> list[str]:
