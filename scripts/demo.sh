@@ -16,16 +16,8 @@
 #   PYTHON       interpreter (default: <repo>/.venv/bin/python if present, else python)
 #   OMP_NUM_THREADS  intra-op threads of the training process (default 1: the DataLoader worker
 #                takes the other core of a 2-core machine; results depend on it, so keep it fixed)
-set -euo pipefail
-
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
-fi
-DATA_DIR="${DATA_DIR:-$ROOT/data/toy}"
+source "$(dirname "${BASH_SOURCE[0]}")/demo_env.sh"
 OUTPUT_DIR="${OUTPUT_DIR:-$ROOT/outputs/demo}"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 started=$(date +%s)
 
 # 1. The toy dataset: generated when absent, completed when partial, checked against its parameters.

@@ -10,17 +10,9 @@
 # Environment (all optional): DATA_DIR (demo dataset, default <repo>/data/toy), CORPUS_DIR (pre-training
 # toy dataset, default <repo>/data/toy_pretrain), OUTPUT_DIR (default <repo>/outputs/demo_pretrain),
 # FINETUNE_EPOCHS (default 3), PYTHON, OMP_NUM_THREADS (default 1, as scripts/demo.sh).
-set -euo pipefail
-
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
-fi
-DATA_DIR="${DATA_DIR:-$ROOT/data/toy}"
+source "$(dirname "${BASH_SOURCE[0]}")/demo_env.sh"
 CORPUS_DIR="${CORPUS_DIR:-$ROOT/data/toy_pretrain}"
 OUTPUT_DIR="${OUTPUT_DIR:-$ROOT/outputs/demo_pretrain}"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 started=$(date +%s)
 
 # 1. The demo dataset (seed 0) and the pre-training corpus (seed 1), generated when absent.

@@ -423,3 +423,24 @@ def test_real_mp4s_through_the_real_video_loader(tmp_path, make_video):
     test = build_dataset(args, "test")
     clip = test.video_dataset()[1]
     assert clip["video"].shape == (4, 3, 32, 32) and clip["video"].abs().sum() > 0
+
+
+def test_chvtt_json_lines_give_title_captions_in_either_language(tmp_path):
+    from argparse import Namespace
+
+    from dataloaders import DataError
+    from dataloaders.datasets import get_parser
+
+    (tmp_path / "chvtt_train.json").write_text('{"docid": 7, "title": "小狗接飞盘", "title_eng": "a dog catches a frisbee"}\n'
+                                               '\n{"docid": "x9", "title": "做饭", "title_eng": "cooking"}\n')
+    args = Namespace(datatype="chvtt", data_path=str(tmp_path), features_path=str(tmp_path / "v"), train_csv=None,
+                     language="english")
+    records = get_parser("chvtt")(args).records("train")
+    assert [(r.video_id, r.captions, Path(r.video_path).name) for r in records] == [
+        ("7", ["a dog catches a frisbee"], "7.mp4"), ("x9", ["cooking"], "x9.mp4")]
+    args.language = "chinese"
+    assert [r.captions for r in get_parser("chvtt")(args).records("train")] == [["小狗接飞盘"], ["做饭"]]
+    (tmp_path / "chvtt_train.json").write_text('{"docid": 7, "title": "t"}\n')
+    args.language = "english"
+    with pytest.raises(DataError, match="chvtt_train.json line 1: expected docid and title_eng"):
+        get_parser("chvtt")(args).records("train")

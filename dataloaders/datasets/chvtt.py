@@ -5,10 +5,8 @@ videos are ``<docid>.mp4`` under --features_path (or their frames in an LMDB, ``
 Pre-training only: no test split (HMMC evaluates on MSR-VTT or VATEX, ``--eval_datatype``)."""
 from __future__ import annotations
 
-import json
-
 from dataloaders.base import VideoRecord
-from dataloaders.datasets.common import ENCODING, AnnotationParser
+from dataloaders.datasets.common import AnnotationParser
 from dataloaders.datasets.registry import register_dataset
 
 
@@ -21,14 +19,8 @@ class CHVTTParser(AnnotationParser):
         path = self.require(self.file(self.args.train_csv, "chvtt_train.json"), "JSON lines with docid, title, title_eng")
         field = "title" if getattr(self.args, "language", "english") == "chinese" else "title_eng"
         out = []
-        with open(path, encoding=ENCODING) as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    docid, caption = str(row["docid"]), str(row[field])
-                except (json.JSONDecodeError, KeyError, TypeError) as error:
-                    raise self.error(f"{path}:{number}: expected a JSON object with docid and {field} ({error})") from None
-                out.append(VideoRecord(docid, self.video_path(f"{docid}.mp4"), [caption]))
+        for line, row in self.json_lines(path):
+            if "docid" not in row or field not in row:
+                raise self.error(f"{path} line {line}: expected docid and {field}, got {', '.join(row) or 'nothing'}")
+            out.append(VideoRecord(str(row["docid"]), self.video_path(f"{row['docid']}.mp4"), [str(row[field])]))
         return out

@@ -70,6 +70,21 @@ class AnnotationParser:
         except json.JSONDecodeError as error:
             raise self.error(f"{path} is not valid JSON ({error}); expected {what}") from error
 
+    def json_lines(self, path: Path):
+        """(line number, object) for every non-empty line of a JSON-lines file; a line that is not a JSON
+        object is an error naming the file and line."""
+        with open(path, encoding=ENCODING) as f:
+            for line, text in enumerate(f, 1):
+                if not text.strip():
+                    continue
+                try:
+                    row = json.loads(text)
+                except json.JSONDecodeError as error:
+                    raise self.error(f"{path} line {line} is not a JSON object ({error})") from error
+                if not isinstance(row, dict):
+                    raise self.error(f"{path} line {line} holds a JSON {type(row).__name__}, not an object")
+                yield line, row
+
     def read_lines(self, path: Path, what: str) -> list[str]:
         self.require(path, what)
         with open(path, encoding=ENCODING) as f:

@@ -7,7 +7,6 @@ end form one video with several captions; in JSON lines ``caption`` may also be 
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Iterator
@@ -105,14 +104,4 @@ class JSONLParser(TableParser):
                       "or --train_csv/--val_csv/--test_csv")
 
     def rows(self, path: Path) -> Iterator[tuple[int, dict]]:
-        with open(path, encoding=ENCODING) as f:
-            for line, text in enumerate(f, 1):
-                if not text.strip():
-                    continue
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError as error:
-                    raise self.error(f"{path} line {line} is not a JSON object ({error})") from error
-                if not isinstance(row, dict):
-                    raise self.error(f"{path} line {line} holds a JSON {type(row).__name__}, not an object")
-                yield line, row
+        return self.json_lines(path)
