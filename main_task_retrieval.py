@@ -31,9 +31,19 @@ def report_errors(args) -> int:
         run(args)
     except (DataError, CheckpointError, FloatingPointError, ValueError) as error:
         logging.getLogger("univtr").debug("details", exc_info=True)
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     return 0
+
+
+def one_line(error: Exception) -> str:
+    """The message of ``error``; for one raised in a DataLoader worker (re-raised as "Caught DataError in
+    DataLoader worker process 0. Original Traceback ...") the original message only."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith("Error") else last
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -314,14 +314,14 @@ class RetrievalDataset(Dataset):
         self.failed_videos[video_index] = reason
         logger.warning("%s %s: cannot decode %s (%s); using another sample instead",
                        self.name, self.split, getattr(error, "path", record.video_path), reason)
-        if len(self.failed_videos) > self.decode_failure_limit:
-            paths = ", ".join(self.records[i].video_path for i in list(self.failed_videos)[:5])
-            raise DataError(f"{self.name} {self.split}: {len(self.failed_videos)} of {self.num_videos} videos failed to "
-                            f"decode, more than the limit of {self.decode_failure_limit} "
-                            f"(--max_decode_failures / --max_decode_failure_fraction); first: {paths}")
 
     def __getitem__(self, index: int) -> dict:
+        """A training pair. ``decode_failures`` ("3,17" or "") names the videos that failed to decode
+        while producing it: a DataLoader worker only reports them, and the training loop counts them
+        once each over every worker and rank (:class:`DecodeFailureBudget`), so the limit is global and
+        crossing it is one line from the main process, not a worker's traceback."""
         decode_error = _video_decode_error()
+        failures = []
         # A broken video is replaced by the next item whose video is not known to be broken, so the
         # replacement is the same on every run; never by a zero tensor.
         for step in range(len(self)):
@@ -334,10 +334,12 @@ class RetrievalDataset(Dataset):
                 video, video_mask = self.load_video(video_index, self._item_rng(item))
             except decode_error as error:
                 self._note_failure(video_index, error)
+                failures.append(video_index)
                 continue
             text_ids, text_mask = self.tokenize(self.captions[caption_index])
             return {"text_ids": text_ids, "text_mask": text_mask, "video": video, "video_mask": video_mask,
-                    "video_index": video_index, "caption_index": caption_index}
+                    "video_index": video_index, "caption_index": caption_index,
+                    "decode_failures": ",".join(map(str, failures))}
         raise DataError(f"{self.name} {self.split}: no video of the split could be decoded")
 
     # evaluation views ------------------------------------------------------------------------------
@@ -352,6 +354,33 @@ class RetrievalDataset(Dataset):
         text = (f"{self.name} {self.split}: {self.num_videos} videos, {self.num_captions} captions ({kind}), "
                 f"{len(self)} items")
         return f"{text}; videos from {self.video_source}" if self.video_source else text
+
+
+class DecodeFailureBudget:
+    """Training videos that failed to decode, each counted once over every DataLoader worker and rank;
+    more than the dataset's limit ends the run with one line (what failed, how many, the limit, the
+    command that lists every unreadable file)."""
+
+    def __init__(self, dataset: RetrievalDataset, features_path: str | None = None):
+        self.dataset, self.features_path = dataset, features_path
+        self.failed: set[int] = set()
+
+    def add(self, reports) -> None:
+        """``reports``: the batch's ``decode_failures`` strings (or video indices)."""
+        for report in reports:
+            self.failed.update(int(i) for i in str(report).split(",") if i != "")
+
+    def check(self) -> None:
+        ds = self.dataset
+        if len(self.failed) <= ds.decode_failure_limit:
+            return
+        paths = ", ".join(ds.records[i].video_path for i in sorted(self.failed)[:3])
+        where = self.features_path or "VIDEO_FOLDER"
+        raise DataError(f"{ds.name} {ds.split}: {len(self.failed)} of {ds.num_videos} videos failed to decode (all workers "
+                        f"and ranks), more than the limit of {ds.decode_failure_limit} (--max_decode_failures / "
+                        f"--max_decode_failure_fraction); first: {paths}; list every unreadable video with: python -m "
+                        f"dataloaders.verify_videos --features_path {where} --out unreadable.tsv (or train with "
+                        "--verify_videos to exclude them up front)")
 
 
 class CaptionView(Dataset):

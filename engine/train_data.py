@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
-from engine.distributed import DistEnv
+from engine.distributed import DistEnv, all_reduce_flag
 
 log = logging.getLogger("univtr")
 
@@ -65,6 +65,8 @@ class MapTrainData:
     """A map-style dataset in the order of :class:`EpochSampler`: a resumed run replays exactly."""
 
     def __init__(self, dataset, args, env: DistEnv):
+        from dataloaders.base import DecodeFailureBudget
+
         if len(dataset) < args.batch_size:
             raise ValueError(f"--batch_size {args.batch_size} exceeds the {len(dataset)} training items")
         self.dataset = dataset
@@ -73,6 +75,8 @@ class MapTrainData:
                                  num_workers=args.num_thread_reader, pin_memory=env.device.type == "cuda",
                                  drop_last=False, persistent_workers=False)
         self.steps_per_epoch = self.sampler.steps
+        self.failures = DecodeFailureBudget(dataset, args.features_path)
+        self._new_failures: set[int] = set()
 
     def total_steps(self, epochs: int) -> int:
         return self.steps_per_epoch * epochs
@@ -83,7 +87,22 @@ class MapTrainData:
         return iter(self.loader), self.steps_per_epoch
 
     def consumed(self, batch) -> None:
-        pass
+        before = set(self.failures.failed)
+        self.failures.add(batch.get("decode_failures", ()))
+        self._new_failures |= self.failures.failed - before
+
+    def end_step(self, env: DistEnv) -> None:
+        """After each optimiser step: share newly failed videos between ranks (only when some rank has
+        any: one flag all-reduce otherwise) and stop, on every rank at once, past the limit."""
+        if not all_reduce_flag(bool(self._new_failures), env):
+            return
+        reports = [sorted(self._new_failures)]
+        if env.distributed:
+            reports = [None] * env.world_size
+            dist.all_gather_object(reports, sorted(self._new_failures))
+        self.failures.add(i for report in reports for i in report)
+        self._new_failures.clear()
+        self.failures.check()
 
     def state_dict(self, env: DistEnv) -> dict:
         return {}
@@ -130,6 +149,9 @@ class ShardTrainData:
 
     def consumed(self, batch) -> None:
         self.progress.update(batch["shard_index"])
+
+    def end_step(self, env: DistEnv) -> None:
+        pass  # a broken sample inside a shard is logged and replaced by the reader (dataloaders/shards.py)
 
     def state_dict(self, env: DistEnv) -> dict:
         """Every rank's progress merged (a collective: call it on every rank)."""

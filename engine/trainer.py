@@ -299,6 +299,7 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
                 model.after_optimizer_step(StepContext(env, args.precision, step + 1))
             scheduler.step()
             step += 1
+            data.end_step(env)  # decode failures: counted over every worker and rank, limit enforced
             if not skipped:
                 epoch_loss, epoch_steps = epoch_loss + losses_for_log.get("loss", 0.0), epoch_steps + 1
             elapsed = time.perf_counter() - started

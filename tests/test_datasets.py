@@ -378,10 +378,16 @@ def test_broken_training_video_is_replaced_not_zeroed(tmp_path, caplog):
     assert item["video_index"] == 2 and item["caption_index"] == 3  # the next item, deterministically
     assert again["caption_index"] == 3 and item["video"].abs().sum() > 0
     assert caplog.text.count("moov atom not found") == 1 and "broken.mp4" in caplog.text
-    assert list(ds.failed_videos) == [1]
+    assert list(ds.failed_videos) == [1] and item["decode_failures"] == "1" and ds[0]["decode_failures"] == ""
+    # The item reports the failure; the limit is enforced over every worker and rank by the training
+    # loop (DecodeFailureBudget), in the main process.
+    from dataloaders.base import DecodeFailureBudget
+
     strict = build_dataset(args_for(tmp_path, "csv", "--max_decode_failures", 0), "train", video_loader=FakeLoader())
-    with pytest.raises(DataError, match="1 of 3 videos failed to decode"):
-        strict[2]
+    budget = DecodeFailureBudget(strict, str(tmp_path / "videos"))
+    budget.add([strict[2]["decode_failures"], strict[0]["decode_failures"]])
+    with pytest.raises(DataError, match="1 of 3 videos failed to decode .* limit of 0 .*dataloaders.verify_videos"):
+        budget.check()
 
 
 def test_broken_test_video_stops_evaluation(tmp_path):

@@ -293,3 +293,27 @@ def test_log_starts_with_command_and_flags_and_records_loss_each_epoch(toy, tmp_
     assert main_task_retrieval.main(evaluate + ["--do_eval", "--init_model", str(tmp_path / "model_final.pt")]) == 0
     record = metrics_lines(tmp_path / "eval")[-1]
     assert record["selection_rule"] == "evaluation only" and record["evaluated"] == str(tmp_path / "model_final.pt")
+
+
+def test_decode_failure_limit_is_global_over_workers_and_one_line(toy, tmp_path, capsys):
+    # Two broken videos, a limit of one, two DataLoader workers: each worker alone stays within the
+    # limit, together they cross it; the main process stops with one line, no worker traceback.
+    data = break_videos(toy, tmp_path, {"video0", "video5"})
+    argv = run_args(data, tmp_path / "out", "--epochs", "1", "--max_decode_failures", "1")
+    argv[argv.index("--num_thread_reader") + 1] = "2"
+    assert main_task_retrieval.main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err and "Caught" not in errors[0]
+    assert "2 of 12 videos failed to decode (all workers and ranks), more than the limit of 1" in errors[0]
+    assert "python -m dataloaders.verify_videos --features_path" in errors[0]
+
+
+def test_worker_errors_are_reported_as_their_own_message():
+    from main_task_retrieval import one_line
+
+    wrapped = ValueError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                         '  File "x.py", line 1, in f\n    raise DataError("msrvtt test: cannot decode v.mp4 (moov)")\n'
+                         "dataloaders.base.DataError: msrvtt test: cannot decode v.mp4 (moov)\n")
+    assert one_line(wrapped) == "msrvtt test: cannot decode v.mp4 (moov)"
+    assert one_line(ValueError("plain")) == "plain"
