@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from dataloaders.base import DataError, RetrievalDataset, VideoRecord, carve_validation
+from dataloaders.base import DataError, RetrievalDataset, VideoRecord, carve_validation, decode_failure_limit
 from dataloaders.datasets import get_parser, list_datasets, register_dataset
 
 __all__ = ["DataError", "RetrievalDataset", "VideoRecord", "build_dataset", "build_parser_for", "list_datasets",
@@ -52,23 +52,90 @@ def video_locator(args, parser):
     return VideoLocator(parser.features_path, parser.video_extensions, parser.search_subdirs)
 
 
-def build_dataset(args, split: str, video_loader=None, tokenizer=None) -> RetrievalDataset:
+def _present_records(args, split: str, parser):
+    """(present records, missing records, locator) of a split: annotation files read, videos located."""
+    from dataloaders.base import exclude_missing_videos
+
+    records = load_records(args, split, parser)
+    locator = video_locator(args, parser)
+    present, missing, _ = exclude_missing_videos(records, locator, f"{parser.name}_{split}",
+                                                 getattr(args, "output_dir", None))
+    return present, missing, locator
+
+
+def verify_split(args, split: str) -> dict[str, str]:
+    """``--verify_videos``: {path: reason} for every video of the split that cannot be decoded, probed
+    on all cores (first, middle and last frames, every backend as training would); the cost is logged.
+    Under torchrun one rank runs it and shares the result (engine)."""
+    import logging
+    import time
+
+    from dataloaders.verify_videos import check_video
+    from dataloaders.video.backends import candidate_backends
+    from dataloaders.video.batch import run_parallel
+
+    parser = build_parser_for(args)
+    present, _, _ = _present_records(args, split, parser)
+    paths = sorted({r.video_path for r in present})
+    backends = candidate_backends(getattr(args, "video_backend", "auto"), getattr(args, "lmdb_path", None))
+    started = time.perf_counter()
+    check = functools.partial(check_video, backends=backends)
+    bad = {path: reason for path, reason in run_parallel(check, paths, 0, f"verifying {parser.name} {split}")
+           if reason is not None}
+    seconds = time.perf_counter() - started
+    logging.getLogger("univtr").info("--verify_videos %s %s: %d videos probed in %.1f s (%.0f videos/s, all cores); "
+                                     "%d unreadable", parser.name, split, len(paths), seconds,
+                                     len(paths) / max(seconds, 1e-9), len(bad))
+    return bad
+
+
+def exclude_unreadable(present, unreadable: dict[str, str], label: str, limit: int, report_dir):
+    """Drop the records whose video is in ``unreadable``, list them in
+    ``<report_dir>/unreadable_videos_<label>.txt``; more than ``limit`` is one DataError line."""
+    import logging
+    import tempfile
+    from pathlib import Path
+
+    bad = [r for r in present if r.video_path in unreadable]
+    if not bad:
+        return present, []
+    report = Path(report_dir or tempfile.gettempdir()) / f"unreadable_videos_{label}.txt"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text("".join(f"{r.video_path}\t{unreadable[r.video_path]}\n" for r in bad))
+    if len(bad) > limit:
+        raise DataError(f"{label}: {len(bad)} of {len(present)} videos cannot be decoded, more than the limit of {limit} "
+                        f"(--max_decode_failures / --max_decode_failure_fraction); every one is listed with its "
+                        f"reason in {report}")
+    logging.getLogger("univtr").warning("%s: %d unreadable videos excluded (listed with their reasons in %s)", label,
+                                        len(bad), report)
+    return [r for r in present if r.video_path not in unreadable], bad
+
+
+def build_dataset(args, split: str, video_loader=None, tokenizer=None, unreadable: dict[str, str] | None = None
+                  ) -> RetrievalDataset:
     """The dataset for "train", "val" or "test".
 
     Annotation files are read and checked, videos missing (on disk, or in the frame LMDB with the lmdb
     backend) are counted, reported (first 20 on screen, all in
     ``<output_dir>/missing_videos_<datatype>_<split>.txt``) and excluded, and start/end windows are
-    checked against the videos' durations, all before anything is decoded. ``video_loader`` defaults
-    to the video layer's loader for these flags.
+    checked against the videos' durations, all before anything is decoded. With ``--verify_videos``
+    (or ``unreadable`` = :func:`verify_split`'s result) the videos that cannot be decoded are excluded
+    too, listed in ``<output_dir>/unreadable_videos_<datatype>_<split>.txt``, and count as missing (a
+    test set is then marked incomplete). ``video_loader`` defaults to the video layer's loader.
     """
-    from dataloaders.base import check_windows, exclude_missing_videos
+    from dataloaders.base import check_windows
     from dataloaders.video.loader import probe_duration
 
     parser = build_parser_for(args)
-    records = load_records(args, split, parser)
-    locator = video_locator(args, parser)
-    present, missing, _ = exclude_missing_videos(records, locator, f"{parser.name}_{split}",
-                                                 getattr(args, "output_dir", None))
+    present, missing, locator = _present_records(args, split, parser)
+    if unreadable is None and getattr(args, "verify_videos", False):
+        unreadable = verify_split(args, split)
+    if unreadable:
+        present, bad = exclude_unreadable(present, unreadable, f"{parser.name}_{split}",
+                                          decode_failure_limit(getattr(args, "max_decode_failures", None),
+                                                               getattr(args, "max_decode_failure_fraction", 0.01),
+                                                               len(present)), getattr(args, "output_dir", None))
+        missing = list(missing) + bad
     backend, lmdb_path = getattr(args, "video_backend", "auto"), getattr(args, "lmdb_path", None)
     check_windows(present, f"{parser.name} {split}",
                   functools.partial(probe_duration, backend=backend, lmdb_path=lmdb_path))

@@ -189,6 +189,11 @@ def check_windows(records: Sequence[VideoRecord], label: str, duration_of: Calla
                     f"their video ({shown}{more}); correct or drop those rows")
 
 
+def decode_failure_limit(max_failures: int | None, fraction: float, num_videos: int) -> int:
+    """How many videos of a split may fail to decode: --max_decode_failures, else the fraction."""
+    return int(max_failures) if max_failures is not None else int(math.floor(fraction * num_videos))
+
+
 def carve_validation(records: list[VideoRecord], count: int) -> tuple[list[VideoRecord], list[VideoRecord]]:
     """Split ``count`` videos off a training list: the videos whose SHA-1 of the video id is smallest.
 
@@ -265,10 +270,8 @@ class RetrievalDataset(Dataset):
         self._first_caption = (torch.cumsum(counts, 0) - counts).tolist()
         self._caption_counts = counts.tolist()
 
-        if max_decode_failures is not None:
-            self.decode_failure_limit = int(max_decode_failures)
-        else:
-            self.decode_failure_limit = int(math.floor(max_decode_failure_fraction * len(self.records)))
+        self.decode_failure_limit = decode_failure_limit(max_decode_failures, max_decode_failure_fraction,
+                                                         len(self.records))
         self.failed_videos: dict[int, str] = {}
 
     # sizes -----------------------------------------------------------------------------------------

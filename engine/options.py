@@ -47,6 +47,10 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="--datatype webdataset: the training shards, a brace pattern \"DIR/{000000..000099}.tar\" "
                             "(preprocess/make_shards.py writes them)")
     group.add_argument("--shuffle_buffer", type=int, default=1000, help="webdataset: samples in the shuffle buffer")
+    group.add_argument("--verify_videos", action="store_true",
+                       help="before training, probe every video of each split on all cores; unreadable ones are "
+                            "listed in <output_dir>/unreadable_videos_<split>.txt and excluded (more than the "
+                            "decode-failure limit stops the run)")
     group.add_argument("--max_decode_failures", type=int, default=None,
                        help="training stops once more videos than this fail to decode (default: use the fraction)")
     group.add_argument("--max_decode_failure_fraction", type=_non_negative, default=0.01,

@@ -168,11 +168,21 @@ class ShardTrainData:
             self.progress.load_state_dict(state["shards"])
 
 
+def build_split(args, split: str, env: DistEnv, tokenizer=None):
+    """``build_dataset`` with ``--verify_videos`` run by rank 0 alone (on all its cores) and its result
+    shared with the other ranks, instead of every rank probing every video."""
+    from dataloaders import build_dataset, verify_split
+    from engine.distributed import broadcast_object
+
+    unreadable = None
+    if getattr(args, "verify_videos", False):
+        unreadable = broadcast_object(verify_split(args, split) if env.is_main else None, env)
+    return build_dataset(args, split, tokenizer=tokenizer, unreadable=unreadable)
+
+
 def build_train_data(args, env: DistEnv, tokenizer=None):
     """The training data of a run: WebDataset shards for ``--datatype webdataset``, else the
     registered benchmark's training split."""
-    from dataloaders import build_dataset
-
     per_step = env.world_size * args.gradient_accumulation_steps
     if args.batch_size % per_step:
         raise ValueError(f"--batch_size {args.batch_size} must divide by world size x accumulation = {per_step}")
@@ -190,6 +200,6 @@ def build_train_data(args, env: DistEnv, tokenizer=None):
         log.info("webdataset train: %d shards, %d samples (%s)", len(dataset.shard_paths), sum(dataset.shard_sizes),
                  args.train_shards)
         return ShardTrainData(dataset, args, env)
-    dataset = build_dataset(args, "train", tokenizer=tokenizer)
+    dataset = build_split(args, "train", env, tokenizer)
     log.info(dataset.describe())
     return MapTrainData(dataset, args, env)

@@ -25,7 +25,7 @@ from engine.distributed import DistEnv, all_reduce_flag, barrier, broadcast_obje
 from engine.evaluate import check_query_subsets, evaluate_split, qb_norm_inputs, to_device
 from engine.step import StepContext
 from engine.optim import build_optimizer
-from engine.train_data import EpochSampler, build_train_data  # noqa: F401  (EpochSampler: public here too)
+from engine.train_data import EpochSampler, build_split, build_train_data  # noqa: F401  (EpochSampler: public here too)
 
 log = logging.getLogger("univtr")
 
@@ -150,7 +150,7 @@ def check_before_work(args, rule, parser_has_val: bool) -> None:
 
 def run(args) -> dict:
     """Train and/or evaluate as the flags say; returns the last metrics (rank 0) or {}."""
-    from dataloaders import SelectionRule, build_dataset, build_parser_for, selection_rule
+    from dataloaders import SelectionRule, build_parser_for, selection_rule
     from engine.options import evaluation_args
     from modules import build_model
     from modules.factory import count_parameters
@@ -189,14 +189,14 @@ def run(args) -> dict:
              f"{count_parameters(model, trainable_only=True):,}", f"{count_parameters(model):,}", env.world_size,
              env.device)
 
-    test_set = build_dataset(eval_args, "test", tokenizer=model.tokenizer())
+    test_set = build_split(eval_args, "test", env, model.tokenizer())
     log.info(test_set.describe())
     if training:
         return train(model, args, env, rule, test_set, output_dir, metrics_log)
     qb_norm = None
     if args.qb_norm:
-        qb_norm = qb_norm_inputs(model, args, env, build_dataset(args, "train", tokenizer=model.tokenizer()),
-                                 build_dataset(args, "val", tokenizer=model.tokenizer()))
+        qb_norm = qb_norm_inputs(model, args, env, build_split(args, "train", env, model.tokenizer()),
+                                 build_split(args, "val", env, model.tokenizer()))
     check_query_subsets([test_set], args)
     result = evaluate_split(model, test_set, args, env, args.precision if args.precision != "fp16_weights" else "fp32",
                             qb_norm=qb_norm)
@@ -209,11 +209,9 @@ def run(args) -> dict:
 
 
 def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, metrics_log: MetricsLog) -> dict:
-    from dataloaders import build_dataset
-
     data = build_train_data(args, env, tokenizer=model.tokenizer())
     train_set = getattr(data.dataset, "text_dataset", None) and data.dataset  # QB-Norm's bank (map-style data)
-    val_set = build_dataset(args, "val", tokenizer=model.tokenizer()) if rule.split == "val" or args.qb_norm else None
+    val_set = build_split(args, "val", env, model.tokenizer()) if rule.split == "val" or args.qb_norm else None
     if val_set is not None:
         log.info(val_set.describe())
     check_query_subsets([s for s in (val_set if rule.split == "val" else None, test_set) if s is not None], args)

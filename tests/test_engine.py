@@ -317,3 +317,18 @@ def test_worker_errors_are_reported_as_their_own_message():
                          "dataloaders.base.DataError: msrvtt test: cannot decode v.mp4 (moov)\n")
     assert one_line(wrapped) == "msrvtt test: cannot decode v.mp4 (moov)"
     assert one_line(ValueError("plain")) == "plain"
+
+
+def test_verify_videos_excludes_unreadable_videos_before_training(toy, tmp_path):
+    data = break_videos(toy, tmp_path, {"video0", "video5"})
+    out = tmp_path / "out"
+    assert main_task_retrieval.main(run_args(data, out, "--epochs", "1", "--verify_videos",
+                                             "--max_decode_failures", "2")) == 0
+    listed = (out / "unreadable_videos_msrvtt_train.txt").read_text().splitlines()
+    assert sorted(line.split("\t")[0].rsplit("/", 1)[1] for line in listed) == ["video0.mp4", "video5.mp4"]
+    log = (out / "log.txt").read_text()
+    assert "--verify_videos msrvtt train: 12 videos probed" in log and "2 unreadable" in log
+    assert "msrvtt train: 10 videos" in log and "using another sample" not in log  # excluded, never decoded
+    # Above the limit the run stops before training, in one line naming the list.
+    assert main_task_retrieval.main(run_args(data, tmp_path / "strict", "--verify_videos", "--max_decode_failures", "1")) == 2
+    assert not (tmp_path / "strict" / "checkpoint_last.pt").exists()
