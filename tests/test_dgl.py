@@ -168,6 +168,16 @@ def test_global_local_mask_values():
     assert (mask[~allowed] == float("-inf")).all()
 
 
+def test_global_local_mask_per_sample_hides_padded_frames_from_the_globals():
+    valid = torch.tensor([[1, 1, 0], [1, 0, 1]])  # 2 globals, 3 frames of 2 tokens; frame 2, frame 1 padded
+    masks, shared = global_local_mask(2, 3, 2, valid_frames=valid), global_local_mask(2, 3, 2)
+    assert masks.shape == (2, 8, 8) and masks.dtype == torch.float32
+    assert torch.equal(masks[:, 2:], shared[2:].expand(2, -1, -1))  # frame tokens: as without padding
+    sees = torch.tensor([[1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0, 1, 1]], dtype=torch.bool)
+    assert torch.equal(masks[:, :2] == 0, sees[:, None].expand(-1, 2, -1))  # globals: globals and real frames
+    assert (masks[masks != 0] == float("-inf")).all()
+
+
 def test_changing_one_frame_leaves_other_frames_and_changes_globals():
     model = tiny_model("dgl", *LINEAR).eval()
     _, _, video, _ = make_batch()

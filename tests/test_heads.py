@@ -7,6 +7,7 @@ import torch
 from modules.clip import build_clip, tokenize
 from modules.factory import add_model_args, build_model, count_parameters, freeze_clip_layers
 from modules.heads import get_head, list_heads
+from modules.heads.dgl import VISUAL_OUTPUT_TYPES
 
 CLIP4CLIP_HEADS = ["meanP", "seqLSTM", "seqTransf", "tightTransf"]
 
@@ -59,17 +60,48 @@ def test_head_interface_shapes_loss_and_gradients(name):
         assert model.clip.visual.proj.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", CLIP4CLIP_HEADS)
-def test_padded_frames_do_not_change_the_video(name):
+# Options that change a head's video path; every registered head also runs with its defaults.
+VIDEO_PATH_OPTIONS = {
+    "dgl": [dict(shared_latent_space=latent, visual_output_type=kind) for latent in ("linear", "transformer")
+            for kind in VISUAL_OUTPUT_TYPES]
+    + [dict(dgl_attention="frame", global_prompt_length=0, visual_output_type="frame_cls_mean")],
+    "ump": [dict(ump_sts_layers=2, ump_sts_mode=mode, ump_sts_where=where, ump_sts_spatial=spatial)
+            for mode in ("zero", "cyclic") for where in ("stream", "residual") for spatial in ("four", "two")]
+    + [dict(ump_pooling="xpool", ump_sts_layers=2, ump_sts_mode=mode) for mode in ("zero", "cyclic")],
+    "hmmc": [dict(use_temp=True, use_frame_fea=True)],
+}
+PADDING_CASES = [(name, {}) for name in list_heads()] + [
+    (name, options) for name, variants in VIDEO_PATH_OPTIONS.items() for options in variants]
+
+
+@pytest.mark.parametrize("name, options", PADDING_CASES,
+                         ids=[f"{n}-" + "-".join(map(str, o.values())) if o else n for n, o in PADDING_CASES])
+def test_padding_never_changes_a_score(name, options):
+    """A clip of L real frames padded to T with large random frames (video_mask 0) scores exactly like
+    the same clip given alone with T = L frames and a mask of ones."""
     torch.manual_seed(0)
-    model = build_model(tiny_args(sim_header=name)).eval()
-    ids, mask, video, video_mask = batch()
-    noisy = video.clone()
-    noisy[0, 2:] = torch.randn_like(noisy[0, 2:])  # garbage where the mask says "padding"
+    model = build_model(tiny_args(sim_header=name, **options)).eval()
+    with torch.no_grad():  # zero-initialised layers (UMP's generator output) would hide a dependence on tokens
+        for param_name, param in model.named_parameters():
+            if not param_name.startswith("clip."):
+                param.add_(torch.randn_like(param) * 0.1)
+    lengths = (2, 4, 1, 3)
+    ids, mask, video, _ = batch(n=len(lengths), frames=max(lengths), seed=1)
+    video_mask = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for i, length in enumerate(lengths):
+        video_mask[i, :length] = 1
+        video[i, length:] = 10 * torch.randn_like(video[i, length:])  # garbage where the mask says "padding"
     with torch.no_grad():
-        a = model.similarity(model.encode_text(ids, mask), model.encode_video(video, video_mask))
-        b = model.similarity(model.encode_text(ids, mask), model.encode_video(noisy, video_mask))
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        text = model.encode_text(ids, mask)
+        padded = model.similarity(text, model.encode_video(video, video_mask))
+        clips = [(video[i:i + 1, :length], torch.ones(1, length, dtype=torch.long)) for i, length in enumerate(lengths)]
+        alone = torch.cat([model.similarity(text, model.encode_video(*clip)) for clip in clips], dim=1)
+        as_frames = model.similarity(text, model.encode_video(video, torch.ones_like(video_mask)))
+    difference = (padded - alone).abs().amax().item()
+    assert difference <= 1e-5, f"{name} {options}: padding changed a score by {difference:.3g}"
+    # Not invisible by accident: the same garbage given as real frames changes every padded clip's scores.
+    padded_columns = [i for i, length in enumerate(lengths) if length < max(lengths)]
+    assert (as_frames - alone)[:, padded_columns].abs().amax(0).gt(1e-4).all(), (as_frames - alone)
 
 
 def test_meanp_is_mean_of_normalised_frames():

@@ -97,6 +97,25 @@ def test_sts_zero_mode_moves_entries_and_zero_fills_borders(spatial):
         assert torch.equal(prompts_y[:, f, :2], before) and torch.equal(prompts_y[:, f, 2:], after)
 
 
+@pytest.mark.parametrize("mode", ["zero", "cyclic"])
+def test_sts_with_padding_shifts_among_the_real_frames_only(mode):
+    frames, valid = 4, torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])  # clips of 3 and 1 real frames, padded to 4
+    x = torch.randn(B * frames, 1 + GRID * GRID + NP, D, generator=torch.Generator().manual_seed(0))
+    y = spatial_temporal_shift(x, frames, GRID, NP, mode=mode, valid=valid).unflatten(0, (B, frames))
+    for b, length in enumerate(valid.sum(1).tolist()):  # the real frames: exactly as the unpadded clip
+        alone = spatial_temporal_shift(x.unflatten(0, (B, frames))[b, :length], length, GRID, NP, mode=mode)
+        assert torch.equal(y[b, :length], alone)
+    # A padded frame gives nothing and receives nothing: only its own patches shift, on its own grid.
+    unshifted = spatial_temporal_shift(x, frames, GRID, NP, mode=mode, temporal=False).unflatten(0, (B, frames))
+    assert torch.equal(y[valid == 0], unshifted[valid == 0])
+    # At the clip's last real frame, what comes "from the next frame" is the border's: zeros, or frame 0's.
+    first = x.unflatten(0, (B, frames))[0, 0, 17 + NP // 2:]
+    assert torch.equal(y[0, 2, 17 + NP // 2:], torch.zeros_like(first) if mode == "zero" else first)
+    if mode == "cyclic":
+        back = spatial_temporal_shift(y.flatten(0, 1), frames, GRID, NP, mode=mode, inverse=True, valid=valid)
+        assert torch.equal(back, x)
+
+
 @pytest.mark.parametrize("sts_layers", [0, 1, 2])
 def test_sts_runs_only_in_the_last_k_blocks_and_prompt_lifecycle(sts_layers):
     model = _wake_generator(tiny_model("ump", "--ump_sts_layers", str(sts_layers), "--ump_prompt_length", "4"))

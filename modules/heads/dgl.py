@@ -8,7 +8,8 @@ broadcast over the batch.
 
 Video layout per video (frame-major): [g_1..g_ng | frame 1: CLS, f_1..f_nl, patches | frame 2 ...].
 Global-local attention is an additive mask given to the shared transformer through a hook: a frame
-token sees its own frame and the global prompts; a global prompt sees everything. Local prompts are
+token sees its own frame and the global prompts; a global prompt sees everything but padded frames
+(``video_mask`` 0: the mask is then one per sample), so padding never changes a score. Local prompts are
 replaced before every prompted block; the global prompts are inserted once and evolve (shallow).
 The video embedding is the projected output of global prompt 0 (``--visual_output_type``).
 """
@@ -59,23 +60,38 @@ class DGLPrompts:
     frames: Tensor
 
 
-def global_local_mask(num_global: int, num_frames: int, frame_tokens: int, device=None) -> Tensor:
-    """Additive fp32 (N, N) mask: 0 where query i may see key j (i or j global, or the same frame)."""
+def global_local_mask(num_global: int, num_frames: int, frame_tokens: int, device=None,
+                      valid_frames: Tensor | None = None) -> Tensor:
+    """Additive fp32 (N, N) mask: 0 where query i may see key j (i or j global, or the same frame).
+
+    With ``valid_frames`` (B, T), 1 = a real frame: one (B, N, N) mask per sample in which the global
+    prompts do not see the padded frames, so nothing of them reaches a global prompt or, through it, a
+    real frame. A padded frame still sees itself and the globals (no empty row); nothing reads it."""
     frame_id = torch.arange(num_frames, device=device).repeat_interleave(frame_tokens)
     frame_id = torch.cat([torch.full((num_global,), -1, device=device), frame_id])
     is_global = frame_id < 0
-    allowed = is_global[:, None] | is_global[None, :] | (frame_id[:, None] == frame_id[None, :])
+    sees_key = is_global[:, None]  # a global query sees every key ...
+    if valid_frames is not None:  # ... of a real frame
+        real = valid_frames.to(device=device, dtype=torch.bool).repeat_interleave(frame_tokens, dim=1)
+        real = torch.cat([real.new_ones(real.shape[0], num_global), real], dim=1)
+        sees_key = sees_key & real[:, None, :]
+    allowed = sees_key | is_global[None, :] | (frame_id[:, None] == frame_id[None, :])
     return torch.zeros(allowed.shape, device=device).masked_fill_(~allowed, float("-inf"))
 
 
 class DGLVideoHook(BlockHook):
     """Builds the global-local layout before block 0, replaces the local prompts before every later
-    prompted block, and supplies the global-local mask."""
+    prompted block, and supplies the global-local mask (per sample when ``video_mask`` pads a clip)."""
 
-    def __init__(self, frame_prompts: Tensor, global_prompts: Tensor, num_frames: int, depth: int, joint: bool):
+    def __init__(self, frame_prompts: Tensor, global_prompts: Tensor, num_frames: int, depth: int, joint: bool,
+                 video_mask: Tensor | None = None):
         self.frame_prompts = frame_prompts  # (Lp, T' , n_l, W)
         self.global_prompts = global_prompts  # (n_g, W)
         self.num_frames, self.depth, self.joint = num_frames, depth, joint
+        # (B, T), 1 = a real frame; None when no clip is padded: one (N, N) mask then serves the batch
+        # (a meta tensor has no values to check: shapes only, it gets the per-sample mask).
+        unpadded = video_mask is None or (not video_mask.is_meta and bool(video_mask.all()))
+        self.valid_frames = None if unpadded else video_mask.bool()
         self.num_local, self.num_global = frame_prompts.shape[2], global_prompts.shape[0]
         self.frame_tokens: int | None = None  # S = 1 + n_l + P, known once the patches arrive
         self._mask: Tensor | None = None
@@ -114,7 +130,8 @@ class DGLVideoHook(BlockHook):
         if not self.joint:
             return None
         if self._mask is None or self._mask.device != x.device:
-            self._mask = global_local_mask(self.num_global, self.num_frames, self.frame_tokens, x.device)
+            self._mask = global_local_mask(self.num_global, self.num_frames, self.frame_tokens, x.device,
+                                           self.valid_frames)
         return self._mask
 
     def frame_cls_rows(self) -> Tensor:
@@ -205,22 +222,23 @@ class DGL(PromptTuningHead):
         hook = self.text_hook(self.generate_prompts())
         return self.clip.encode_text(text_ids, text_mask, hooks=[hook], pool_index=hook.pool_index(text_ids))
 
-    def video_hook(self, prompts: DGLPrompts, num_frames: int) -> DGLVideoHook:
+    def video_hook(self, prompts: DGLPrompts, num_frames: int, video_mask: Tensor | None = None) -> DGLVideoHook:
         if prompts.frames.shape[1] != 1 and num_frames > prompts.frames.shape[1]:
             raise ValueError(f"DGL-Transformer was built for --max_frames {prompts.frames.shape[1]}; got {num_frames}")
-        return DGLVideoHook(prompts.frames, self.prompt_embeddings, num_frames, self.depth, self.joint)
+        return DGLVideoHook(prompts.frames, self.prompt_embeddings, num_frames, self.depth, self.joint, video_mask)
 
-    def video_tokens(self, video: Tensor, hooks=()) -> tuple[Tensor, DGLVideoHook]:
-        """Final tokens before ln_post: (B, N, W) with global-local attention, (B*T, S, W) per frame."""
+    def video_tokens(self, video: Tensor, hooks=(), video_mask: Tensor | None = None) -> tuple[Tensor, DGLVideoHook]:
+        """Final tokens before ln_post: (B, N, W) with global-local attention, (B*T, S, W) per frame.
+        Padded frames (``video_mask`` 0) are hidden from the global prompts."""
         batch, num_frames = video.shape[:2]
-        hook = self.video_hook(self.generate_prompts(), num_frames)
+        hook = self.video_hook(self.generate_prompts(), num_frames, video_mask)
         visual = self.clip.visual
         tokens = visual.transformer(visual.embed(video.flatten(0, 1), num_frames), hooks=[hook, *hooks])
         return tokens, hook
 
     def encode_video(self, video: Tensor, video_mask: Tensor) -> Tensor:
         batch, num_frames = video.shape[:2]
-        tokens, hook = self.video_tokens(video)
+        tokens, hook = self.video_tokens(video, video_mask=video_mask)
         visual = self.clip.visual
         if self.output_type == "global_prompt":
             return visual.project(tokens[:, 0])

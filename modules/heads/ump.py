@@ -11,7 +11,8 @@ choice the spec marks as inferred is a flag:
   so a text embedding never depends on a video (dual encoder, no batch leakage).
 * Video: [CLS | patches | N_p prompts] per frame inside each block, prompts dropped after it.
 * R-STS (``spatial_temporal_shift``): parameter-free, in the last K_d blocks: patch channels shift on
-  the patch grid, prompt tokens shift across frames; CLS is never shifted.
+  the patch grid, prompt tokens shift across a clip's real frames (padded frames, ``video_mask`` 0,
+  take no part: padding never changes a score); CLS is never shifted.
 * Text: N_p prompts right after SOT (visible to EOT under the causal mask), replaced every block.
 * Video embedding: the mean over frames of the projected CLS tokens (X-Pool's text-conditioned
   pooling, which the released code uses, is ``--ump_pooling xpool``).
@@ -67,17 +68,39 @@ def _take(t: Tensor, dim: int, offset: int, cyclic: bool) -> Tensor:
     return torch.cat([pad, t.narrow(dim, 0, n - size)], dim=dim)
 
 
+def _take_frames(t: Tensor, offset: int, cyclic: bool, valid: Tensor | None) -> Tensor:
+    """t (B, F, ...): out[:, f] = t[:, f + offset], counting real frames only (``valid`` (B, F), 1 = real;
+    None: all real). A clip's real frames shift among themselves as an unpadded clip of that length
+    would: its first and last real frames are the borders (zero, or wrap around within the real
+    frames). Padded frames neither give nor receive: they keep their own entries."""
+    batch, frames = t.shape[:2]
+    valid = t.new_ones(batch, frames, dtype=torch.bool) if valid is None else valid.to(t.device, torch.bool)
+    length = valid.sum(1, keepdim=True)
+    order = torch.argsort((~valid).to(torch.uint8), dim=1, stable=True)  # positions of the real frames first
+    target = valid.cumsum(1) - 1 + offset  # the rank, among the real frames, of the source
+    inside = (target >= 0) & (target < length)
+    if cyclic:
+        target, inside = target % length.clamp_min(1), torch.ones_like(inside)
+    own = torch.arange(frames, device=t.device).expand(batch, -1)
+    source = torch.where(valid, order.gather(1, target.clamp(0, frames - 1)), own)
+    per_frame = (batch, frames) + (1,) * (t.dim() - 2)
+    out = t.gather(1, source.reshape(per_frame).expand_as(t))
+    return out.masked_fill((valid & ~inside).reshape(per_frame), 0)
+
+
 SPATIAL_DIRECTIONS = {"four": ((0, -1), (0, 1), (-1, 0), (1, 0)), "two": ((0, -1), (0, 1)), "none": ()}
 
 
 def spatial_temporal_shift(x: Tensor, num_frames: int, grid: int, num_prompts: int, spatial: str = "four",
                            channels: float = 0.5, temporal: bool = True, mode: str = "zero",
-                           inverse: bool = False) -> Tensor:
+                           inverse: bool = False, valid: Tensor | None = None) -> Tensor:
     """x (B*F, 1 + grid^2 + N_p, D) -> the same shape; no parameters.
 
     Patch channel block k takes the value of the grid neighbour (i + di_k, j + dj_k); prompts
     [0, N_p/2) take the vectors of frame f-1 and [N_p/2, N_p) those of frame f+1. ``inverse`` shifts
-    the other way (with ``mode='cyclic'`` it restores the input exactly).
+    the other way (with ``mode='cyclic'`` it restores the input exactly). ``valid`` (B, F), 1 = a real
+    frame: the prompts shift only among a clip's real frames (see ``_take_frames``), so a padded clip
+    gives its real frames exactly what the unpadded clip gives them.
     """
     cyclic, sign = mode == "cyclic", -1 if inverse else 1
     patches_end = 1 + grid * grid
@@ -99,8 +122,8 @@ def spatial_temporal_shift(x: Tensor, num_frames: int, grid: int, num_prompts: i
         patches = torch.cat(pieces, dim=-1).flatten(2, 3)
     if temporal and num_prompts:
         half = num_prompts // 2
-        prompts = torch.cat([_take(prompts[:, :, :half], 1, -sign, cyclic),
-                             _take(prompts[:, :, half:], 1, sign, cyclic)], dim=2)
+        prompts = torch.cat([_take_frames(prompts[:, :, :half], -sign, cyclic, valid),
+                             _take_frames(prompts[:, :, half:], sign, cyclic, valid)], dim=2)
     return torch.cat([cls, patches, prompts], dim=2).flatten(0, 1)
 
 
@@ -140,15 +163,17 @@ class UnifiedPromptGenerator(nn.Module):
 
 class UMPVideoHook(BlockHook):
     """Per frame and block: append the UPG prompts (58 tokens at B/32), shift in the last K_d blocks,
-    drop the prompt outputs after the block (50 tokens)."""
+    drop the prompt outputs after the block (50 tokens). ``video_mask`` (B, F): padded frames take no
+    part in the temporal shift."""
 
     def __init__(self, upg: UnifiedPromptGenerator, num_frames: int, grid: int, num_prompts: int,
-                 sts_from: int, sts: dict, in_residual: bool):
+                 sts_from: int, sts: dict, in_residual: bool, video_mask: Tensor | None = None):
         self.upg, self.num_frames, self.grid, self.num_prompts = upg, num_frames, grid, num_prompts
-        self.sts_from, self.sts, self.in_residual = sts_from, sts, in_residual
+        self.sts_from, self.sts, self.in_residual, self.video_mask = sts_from, sts, in_residual, video_mask
 
     def shift(self, x: Tensor) -> Tensor:
-        return spatial_temporal_shift(x, self.num_frames, self.grid, self.num_prompts, **self.sts)
+        return spatial_temporal_shift(x, self.num_frames, self.grid, self.num_prompts, **self.sts,
+                                      valid=self.video_mask)
 
     def before_block(self, index: int, x: Tensor) -> Tensor:
         if self.num_prompts:
@@ -219,13 +244,13 @@ class UMP(PromptTuningHead):
         hook = self.text_hook(text_mask)
         return self.clip.encode_text(text_ids, text_mask, hooks=[hook], pool_index=hook.pool_index(text_ids))
 
-    def video_hook(self, num_frames: int) -> UMPVideoHook:
+    def video_hook(self, num_frames: int, video_mask: Tensor | None = None) -> UMPVideoHook:
         return UMPVideoHook(self.upg, num_frames, self.clip.config.vision.grid_size, self.num_prompts,
-                            self.sts_from, self.sts, self.sts_in_residual)
+                            self.sts_from, self.sts, self.sts_in_residual, video_mask)
 
     def encode_video(self, video: Tensor, video_mask: Tensor):
         batch, num_frames = video.shape[:2]
-        hook = self.video_hook(num_frames)
+        hook = self.video_hook(num_frames, video_mask)
         visual = self.clip.visual
         tokens = visual.transformer(visual.embed(video.flatten(0, 1), num_frames), hooks=[hook])
         frames = visual.project(tokens[:, 0]).unflatten(0, (batch, num_frames))
