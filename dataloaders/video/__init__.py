@@ -7,13 +7,14 @@
 See docs/video.md for the sampling modes, backends, preprocessing tools and benchmark.
 """
 from .backends import AUTO_ORDER, VideoBytes, VideoInfo, available_backends, open_reader
-from .errors import EmptyVideoError, EmptyWindowError, VideoDecodeError, VideoNotFoundError
+from .errors import (
+    EmptyVideoError, EmptyWindowError, UnsupportedCodecError, VideoDecodeError, VideoNotFoundError)
 from .loader import VideoClipLoader, add_video_args, probe
 from .sampling import MODES, sample_indices
 from .transforms import CLIP_MEAN, CLIP_STD, AugmentConfig
 
 __all__ = [
     "AUTO_ORDER", "AugmentConfig", "CLIP_MEAN", "CLIP_STD", "EmptyVideoError", "EmptyWindowError", "MODES",
-    "VideoBytes", "VideoClipLoader", "VideoDecodeError", "VideoInfo", "VideoNotFoundError", "add_video_args",
-    "available_backends", "open_reader", "probe", "sample_indices",
+    "UnsupportedCodecError", "VideoBytes", "VideoClipLoader", "VideoDecodeError", "VideoInfo", "VideoNotFoundError",
+    "add_video_args", "available_backends", "open_reader", "probe", "sample_indices",
 ]

@@ -4,6 +4,11 @@ Every reader exposes ``num_frames`` and ``fps`` right after opening (enough to c
 ``get(indices)`` returns exactly those frames as uint8 RGB ``(len(indices), H, W, 3)``. A reader never
 returns a blank frame for one it could not decode: it raises VideoDecodeError. Every file backend also
 reads a video held in memory (:class:`VideoBytes`, e.g. from a tar shard) without a temporary file.
+
+Frames come out in display orientation, as ffmpeg and players show them: a file tagged with a display
+rotation (a phone video filmed upright) is turned by that rotation, and ``info()`` reports the turned
+size. decord, OpenCV (``CAP_PROP_ORIENTATION_AUTO``) and torchcodec turn the frames themselves; the
+PyAV reader turns them by each frame's display matrix.
 """
 from __future__ import annotations
 
@@ -18,10 +23,11 @@ from typing import Sequence
 import numpy as np
 
 from . import lmdb_format
-from .errors import EmptyVideoError, VideoDecodeError, VideoNotFoundError, describe
+from .errors import EmptyVideoError, UnsupportedCodecError, VideoDecodeError, VideoNotFoundError, describe
 
 # Fastest first, from benchmarks/bench_video_loading.py (docs/video.md): PyAV leads on B-frame video
-# because it skips unwanted non-reference frames; the three are level on all-reference video.
+# because it skips unwanted non-reference frames; the three are level on all-reference video. PyAV also
+# decodes every codec of benchmarks/codec_matrix.py (AV1 too, which decord and OpenCV cannot).
 # torchcodec is last because it has not been measured here. lmdb is never picked by auto unless an
 # LMDB path is given, because it serves a different (pre-extracted) frame pool.
 AUTO_ORDER = ("pyav", "decord", "cv2", "torchcodec")
@@ -116,6 +122,18 @@ class Reader:
         self.close()
 
 
+def upright(image: np.ndarray, degrees: float) -> np.ndarray:
+    """``image`` (H, W, C) turned counter-clockwise by a display rotation of ``degrees`` (the angle of
+    FFmpeg's display matrix, as ``av_display_rotation_get`` and PyAV's ``frame.rotation`` give it),
+    rounded to a multiple of 90 degrees as ffmpeg's own autorotation does."""
+    turns = int(round(float(degrees) / 90)) % 4
+    return np.rot90(image, turns) if turns else image
+
+
+# AVERROR_DECODER_NOT_FOUND, FFERRTAG(0xF8, 'D', 'E', 'C'): decord reports it as a number.
+_DECODER_NOT_FOUND = str(-(0xF8 | ord("D") << 8 | ord("E") << 16 | ord("C") << 24))
+
+
 def _missing_frame(reader: Reader, index: int) -> VideoDecodeError:
     return reader.fail(f"frame {index} of {reader.num_frames} could not be decoded "
                        "(the file is truncated or its frame count is wrong)")
@@ -132,6 +150,10 @@ class DecordReader(Reader):
             self.num_frames = len(self._vr)
             self.fps = float(self._vr.get_avg_fps())
         except Exception as exc:
+            if _DECODER_NOT_FOUND in str(exc):
+                codec = codec_name(self.source)
+                raise UnsupportedCodecError(self.path, f"decord's FFmpeg has no decoder for this file's {codec} "
+                                            f"video [{self.name}]", codec=codec, backend=self.name) from exc
             raise self.fail(f"cannot open: {describe(exc)}") from exc
         self._check_opened()
 
@@ -157,6 +179,8 @@ class CV2Reader(Reader):
         if not cap.isOpened():
             raise self.fail("OpenCV cannot open it (not a video, or a truncated container)")
         self._cap = cap
+        # Frames and sizes in display orientation (OpenCV's default for FFmpeg, set here explicitly).
+        cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
         self.num_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         self.fps = float(cap.get(cv2.CAP_PROP_FPS))
         self._check_opened()
@@ -212,6 +236,14 @@ class PyAVReader(Reader):
             raise self.fail("the file has no video stream", EmptyVideoError)
         stream = self._stream = self._container.streams.video[0]
         stream.codec_context.thread_count = int(threads)
+        try:
+            # Open the decoder now, with skip_frame at its default: some decoders read skip_frame only when
+            # they open (libdav1d, for AV1), and opened on a skipped packet they would drop every
+            # non-reference frame of the file, wanted or not.
+            stream.codec_context.open(strict=False)
+        except Exception as exc:
+            self.close()
+            raise self.fail(f"cannot open the {stream.codec_context.name} decoder: {describe(exc)}") from exc
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         self._rate = Fraction(rate) if rate else Fraction(0)
         self.fps = float(self._rate)
@@ -230,6 +262,7 @@ class PyAVReader(Reader):
             raise self.fail("the video stream has no frame rate or time base")
         self._check_opened()
         self._keyframes = self._keyframe_indices()
+        self._rotation = None  # display rotation of the decoded frames, known after the first one
 
     def _index_of(self, pts: int) -> int:
         return int(round((pts - self._start) * self._time_base * self._rate))
@@ -297,15 +330,21 @@ class PyAVReader(Reader):
                     from_start = True
                     frames = self._seek(0)
                     continue
-                out.append(frame.to_ndarray(format="rgb24"))
+                # PyAV returns coded frames; turn them as the display matrix says (ffmpeg, players,
+                # decord and OpenCV do), frame by frame since the side data travels with each frame.
+                self._rotation = getattr(frame, "rotation", 0) or 0
+                out.append(upright(frame.to_ndarray(format="rgb24"), self._rotation))
                 self._pending.discard(idx)
                 last = idx
                 break
         return out
 
     def _size(self):
+        if self._rotation is None:
+            self.get([0])  # the display matrix comes with the frames
         ctx = self._stream.codec_context
-        return ctx.width, ctx.height
+        turned = int(round(self._rotation / 90)) % 2
+        return (ctx.height, ctx.width) if turned else (ctx.width, ctx.height)
 
     def close(self):
         if getattr(self, "_container", None) is not None:
@@ -331,6 +370,7 @@ class TorchCodecReader(Reader):
         self._check_opened()
 
     def _decode(self, wanted):
+        # torchcodec (0.17 measured) applies the display rotation itself, and reports the turned size.
         return self._dec.get_frames_at(indices=list(wanted)).data.numpy()
 
     def _size(self):
@@ -460,3 +500,50 @@ def open_reader(path, backend: str, threads: int = 1, lmdb_path=None) -> Reader:
         return LMDBReader(path, lmdb_path)
     check_file(path)
     return _READERS[backend](path, threads)
+
+
+def codec_name(path) -> str:
+    """The video codec of a file (``h264``, ``hevc``, ``av1``, ...) from its headers, read with PyAV;
+    ``"unknown"`` when PyAV is missing or cannot open it. Nothing is decoded."""
+    try:
+        import av
+        source = io.BytesIO(path.data) if isinstance(path, VideoBytes) else str(path)
+        with av.open(source, metadata_errors="ignore") as container:
+            return container.streams.video[0].codec_context.codec.canonical_name
+    except Exception:
+        return "unknown"
+
+
+def first_frame(path, backend: str, threads: int = 1) -> str:
+    """``"decodes"`` when ``backend`` opens ``path`` and decodes its first frame, ``"fails"`` when it opens
+    the file but cannot decode that frame, ``"cannot open"`` otherwise (also when not installed)."""
+    if not backend_available(backend):
+        return "cannot open"
+    try:
+        reader = open_reader(path, backend, threads)
+    except Exception:  # VideoDecodeError or a library crash
+        return "cannot open"
+    try:
+        with reader:
+            reader.get([0])
+        return "decodes"
+    except Exception:
+        return "fails"
+
+
+def codec_failure(path, backend: str, error: VideoDecodeError, threads: int = 1) -> UnsupportedCodecError | None:
+    """After ``backend`` failed on ``path`` with ``error``: an UnsupportedCodecError naming the codec, the
+    backend and the installed backends that decode the file, when the codec is what ``backend`` lacks.
+    That is when the backend said so (decord: no decoder), or when it opens the file but cannot decode
+    even its first frame while another backend can. A damaged file fails everywhere, at opening, or
+    only after its first frame, and keeps its own error (None is returned)."""
+    said_so = isinstance(error, UnsupportedCodecError)
+    if not said_so and first_frame(path, backend, threads) != "fails":
+        return None
+    able = [b for b in FILE_BACKENDS if b != backend and first_frame(path, b, threads) == "decodes"]
+    if not able and not said_so:
+        return None
+    codec = error.codec if said_so else codec_name(path)
+    others = f"{', '.join(able)} can: use --video_backend auto or {able[0]}" if able else "no installed backend can"
+    return UnsupportedCodecError(path, f"{backend} cannot decode this file's {codec} video (unsupported codec); "
+                                       f"{others}", codec=codec, backend=backend, decoders=able)

@@ -41,6 +41,21 @@ class EmptyWindowError(VideoDecodeError):
     """The requested start/end window holds no frame of the video (an annotation problem)."""
 
 
+class UnsupportedCodecError(VideoDecodeError):
+    """The file is readable, but this backend cannot decode its video codec (e.g. AV1 with OpenCV or
+    decord). ``codec`` is the codec's name, ``backend`` the backend that failed and ``decoders`` the
+    installed backends that do decode the file; ``auto`` moves on to those."""
+
+    def __init__(self, path, reason: str, codec: str = "unknown", backend: str = "?", decoders=()):
+        super().__init__(path, reason)
+        self.codec = str(codec)
+        self.backend = str(backend)
+        self.decoders = tuple(decoders)
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason, self.codec, self.backend, self.decoders))
+
+
 def describe(exc: BaseException) -> str:
     """One short line for a library exception (decord's messages carry a C++ backtrace)."""
     text = str(exc).strip().splitlines()
