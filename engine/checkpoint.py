@@ -112,3 +112,163 @@ def load_training_state(path) -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a UniVTR training checkpoint (use --init_model for model weights)")
     return state
+
+
+# ----------------------------------------------------------------------------------------------------
+# Self-contained model checkpoints (model_final.pt, model_best.pt)
+#
+# Besides the weights they record the CLIP architecture (the config dict: --pretrained_clip_name may
+# be a file the evaluating machine lacks) and every flag, so `--do_eval --init_model CKPT` and the tools
+# rebuild the model from the checkpoint alone. CLIP4Clip's pytorch_model.bin.N (and older UniVTR files)
+# carry no record: their model is still described by explicit flags.
+
+MODEL_FORMAT = "univtr-model-v1"
+# Model flags that say where the initial weights came from or how training treats them, not what the
+# model is: neither restored from a checkpoint nor compared with it.
+NOT_ARCHITECTURE = frozenset({"pretrained_dir", "init_model", "grad_checkpointing", "freeze_layer_num", "clip_init",
+                              "loose_type", "text_lr", "init_format"})
+# How captions and videos become the model's inputs: restored from the checkpoint unless given.
+INPUT_FLAGS = ("max_words", "max_frames", "image_resolution", "feature_framerate", "slice_framepos",
+               "eval_sample_mode", "eval_frame_order", "frame_stride", "language")
+
+
+def save_model(path, model, args, **extra) -> Path:
+    """model_final.pt / model_best.pt: weights, the CLIP architecture, every flag (atomically)."""
+    return atomic_save({"format": MODEL_FORMAT, "model": model.state_dict(), "clip_config": model.clip.config.to_dict(),
+                        "head": model.head_name, "args": plain_args(args), "code_version": code_version(), **extra},
+                       path)
+
+
+def read_model_record(path) -> dict | None:
+    """The record of a self-contained model checkpoint (everything but the weights), or None for any
+    other file (CLIP4Clip's pytorch_model.bin.N, a CLIP file, an older UniVTR checkpoint)."""
+    path = Path(path)
+    if path.is_dir() or path.suffix == ".safetensors" or not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not ours (TorchScript, unreadable): the CLIP loader reports it in its own words
+        return None
+    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
+        return None
+    return {k: v for k, v in state.items() if k != "model"}
+
+
+def model_flag_names() -> list[str]:
+    """Every flag of the model argument groups (backbone, head, method options) that shapes the model."""
+    import argparse
+
+    from modules.factory import add_model_args
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_model_args(parser)
+    return sorted(a.dest for a in parser._actions if a.option_strings and a.dest not in NOT_ARCHITECTURE)
+
+
+def explicit_flags(argv, parser=None) -> set[str]:
+    """Destinations of the flags given on the command line (or in its --config file), defaults excluded."""
+    import argparse
+
+    from engine.options import build_parser, load_config
+    from modules.heads.aliases import apply_flag_aliases
+
+    parser = parser or build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    argv = apply_flag_aliases(list(argv))
+    given, _ = parser.parse_known_args(argv)
+    config = getattr(given, "config", None)
+    found = set(vars(given))
+    if config and Path(config).is_file():
+        found |= {str(key) for key in load_config(parser, Path(config))[0]}
+    return found - {"config"}
+
+
+def _same(flag: str, given, recorded, record: dict) -> bool:
+    if given == recorded:
+        return True
+    if flag == "pretrained_clip_name":  # an architecture name agrees with the recorded architecture
+        from modules.clip import get_config
+
+        try:
+            return get_config(str(given)).to_dict() == record["clip_config"]
+        except ValueError:  # a path: the checkpoint's own weights and architecture are used
+            return True
+    if isinstance(given, (list, tuple)) and isinstance(recorded, (list, tuple)):
+        return [str(v) for v in given] == [str(v) for v in recorded]
+    return False
+
+
+def adopt_model_record(args, record: dict, explicit: set[str]) -> list[str]:
+    """Set ``args``' model and input flags from a checkpoint's record; returns notes for the log.
+
+    A model flag given explicitly that contradicts the record is a ValueError naming every such flag;
+    an explicit input flag (frames, words, resolution, sampling) wins over the record, with a note."""
+    recorded = record.get("args", {})
+    conflicts = [f"--{flag} {getattr(args, flag)!r} (checkpoint: {recorded[flag]!r})" for flag in model_flag_names()
+                 if flag in explicit and flag in recorded and not _same(flag, getattr(args, flag, None), recorded[flag],
+                                                                        record)]
+    if conflicts:
+        raise ValueError(f"{args.init_model}: flags contradict the model the checkpoint records: {'; '.join(conflicts)} "
+                         "(drop them: the checkpoint rebuilds its own model)")
+    notes = []
+    for flag in model_flag_names():
+        if flag in recorded:
+            setattr(args, flag, recorded[flag])
+    for flag in INPUT_FLAGS:
+        if flag not in recorded:
+            continue
+        if flag in explicit and getattr(args, flag, None) != recorded[flag]:
+            notes.append(f"--{flag} {getattr(args, flag)!r} given; the model was trained with {recorded[flag]!r}")
+        else:
+            setattr(args, flag, recorded[flag])
+    args.clip_config = record["clip_config"]
+    return notes
+
+
+def model_args_from_record(record: dict, path, **overrides):
+    """The full flag namespace of a recorded run (defaults for flags added since), ready for build_model."""
+    import argparse
+
+    from engine.options import build_parser
+
+    args = build_parser().parse_args([])
+    known = vars(args)
+    for key, value in record.get("args", {}).items():
+        if key in known:
+            known[key] = value
+    args = argparse.Namespace(**known)
+    args.clip_config, args.init_model = record["clip_config"], str(path)
+    args.do_train = args.do_pretrain = False
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return args
+
+
+def load_model(path, device="cpu", **overrides):
+    """(model in eval mode, its flags) rebuilt from a self-contained checkpoint alone."""
+    from modules import build_model
+
+    record = read_model_record(path)
+    if record is None:
+        raise CheckpointError(f"{path}: not a self-contained UniVTR model checkpoint (model_final.pt / model_best.pt "
+                              "written by this version); CLIP4Clip's pytorch_model.bin.N needs its model flags: "
+                              "evaluate it with main_task_retrieval.py --do_eval --init_model ... and the flags")
+    args = model_args_from_record(record, path, **overrides)
+    model = build_model(args).to(device).eval()
+    return model, args
+
+
+def adopt_for_evaluation(args, argv) -> None:
+    """``--do_eval --init_model CKPT`` (no training): a self-contained checkpoint supplies the CLIP
+    architecture and every model flag; explicit flags that contradict it are one ValueError. Other
+    checkpoints (CLIP4Clip's pytorch_model.bin.N) keep the explicit flags."""
+    import sys
+
+    if not args.do_eval or args.do_train or getattr(args, "do_pretrain", False) or not args.init_model:
+        return
+    record = read_model_record(args.init_model)
+    if record is None:
+        return
+    for note in adopt_model_record(args, record, explicit_flags(sys.argv[1:] if argv is None else argv)):
+        print(f"note: {note}", file=sys.stderr)
