@@ -46,8 +46,10 @@ launch() {
   local root
   root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
   # shellcheck disable=SC2086
+  # --resume auto: a requeued or restarted job continues from <output_dir>/checkpoint_last.pt;
+  # --verify_videos: unreadable videos are listed and excluded before training, not met mid-epoch.
   exec torchrun --standalone --nproc_per_node="${NPROC:-1}" "$root/${ENTRY:-main_task_retrieval.py}" "$@" \
-    ${CLIP_DIR:+--pretrained_dir "$CLIP_DIR"} ${EXTRA_ARGS:-}
+    --resume auto --verify_videos ${CLIP_DIR:+--pretrained_dir "$CLIP_DIR"} ${EXTRA_ARGS:-}
 }
 
 # CLIP4Clip's published recipe (README of ArrowLuo/CLIP4Clip): 5 epochs, lr 1e-4 with CLIP at 1e-3 of

@@ -1,0 +1,151 @@
+"""What a well-behaved job on a shared cluster does: stop cleanly when the scheduler asks, continue
+where it stopped, refuse to continue under other flags, and fail before any work when its output
+folder cannot take a checkpoint.
+
+* SIGTERM or SIGUSR1 (SLURM, Kubernetes, ``torchrun`` forwarding them) only sets a flag. The loop
+  finishes the current optimiser step, every rank agrees on that step (one all-reduce), rank 0 writes
+  ``checkpoint_last.pt`` atomically, and the process exits with :data:`PREEMPTED_EXIT_CODE` (75,
+  EX_TEMPFAIL: "try again"), which a requeue script or ``torchrun --max_restarts`` can act on.
+* ``--resume auto`` continues from ``<output_dir>/checkpoint_last.pt`` when it exists and starts fresh
+  otherwise, so a requeued or restarted job just continues.
+* A checkpoint whose flags differ from the run's in anything that changes the result stops the run with
+  one line naming them; ``--resume_allow_changes`` continues anyway and says so in the log.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+log = logging.getLogger("univtr")
+
+PREEMPTED_EXIT_CODE = 75
+
+# Flags that do not change what a run computes: where things are, how they are read or reported.
+# Every other flag must match for --resume (the method, backbone, batch, data, frames, precision...).
+RESUME_NEUTRAL_FLAGS = frozenset({
+    "output_dir", "resume", "resume_allow_changes", "config", "device", "num_thread_reader", "decode_threads",
+    "n_display", "save_every_steps", "max_nonfinite_steps", "batch_size_val", "eval_tile_elements", "features_path",
+    "pretrained_dir", "lmdb_path", "eval_features_path", "do_eval", "dsl", "dsl_temperature", "qb_norm",
+    "qb_norm_betas", "qb_norm_topk", "qb_norm_min_hits", "qb_norm_bank_size", "legacy_metrics", "eval_query_subset",
+    "verify_videos", "tensorboard", "compile", "video_backend", "init_model",
+})
+
+
+class Preempted(Exception):
+    """The run stopped on a scheduler's signal after writing its checkpoint."""
+
+    exit_code = PREEMPTED_EXIT_CODE
+
+
+class StopRequest:
+    """Set by SIGTERM / SIGUSR1; the training loop polls it after every optimiser step."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous = {}
+        self._pid = os.getpid()
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:
+            # A forked child (a multiprocessing pool or DataLoader worker) inherited the handler: it must
+            # still die on SIGTERM, or Pool.terminate() waits for it forever.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if self.signal is None:
+            log.warning("received %s: finishing this step, then writing checkpoint_last.pt and exiting with code %d",
+                        signal.Signals(signum).name, PREEMPTED_EXIT_CODE)
+        self.signal = signum
+
+
+def resolve_resume(args, output_dir: Path | None) -> str | None:
+    """The checkpoint to resume from: --resume PATH, or for --resume auto the output folder's
+    checkpoint_last.pt when present (None: start fresh)."""
+    if args.resume != "auto":
+        return args.resume
+    if output_dir is None:
+        raise ValueError("--resume auto continues from <output_dir>/checkpoint_last.pt: give --output_dir")
+    path = output_dir / "checkpoint_last.pt"
+    if path.is_file():
+        log.info("--resume auto: continuing from %s", path)
+        return str(path)
+    log.info("--resume auto: no %s yet, starting fresh", path)
+    return None
+
+
+def check_resume_flags(saved: dict, args, path: str) -> None:
+    """One line naming every result-changing flag that differs from the checkpoint's."""
+    from engine.checkpoint import plain_args
+
+    now = plain_args(args)
+    differ = sorted(k for k in saved.keys() | now.keys()
+                    if k not in RESUME_NEUTRAL_FLAGS and saved.get(k) != now.get(k))
+    if not differ:
+        return
+    listed = "; ".join(f"--{k} {saved.get(k)!r} there, {now.get(k)!r} now" for k in differ)
+    if getattr(args, "resume_allow_changes", False):
+        log.warning("--resume_allow_changes: continuing %s with other flags (%s); the result will not equal an "
+                    "uninterrupted run's", path, listed)
+        return
+    raise ValueError(f"--resume {path}: the checkpoint was made with other flags that change the result: {listed} "
+                     "(same flags, or --resume_allow_changes to continue anyway)")
+
+
+def check_output_dir(output_dir: Path, model) -> None:
+    """Before any work: the folder is writable and has room for a training checkpoint (the weights
+    plus two AdamW moments per trainable parameter, and one spare copy while it is replaced)."""
+    probe = output_dir / f".write_test{os.getpid()}"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"--output_dir {output_dir} is not writable ({error.strerror or error}); choose another "
+                         "folder") from None
+    weights = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    moments = sum(2 * p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    needed = 2 * (weights + moments)
+    free = shutil.disk_usage(output_dir).free
+    if free < needed:
+        raise ValueError(f"--output_dir {output_dir} has {free / 2 ** 30:.2f} GiB free; a checkpoint of this model "
+                         f"needs about {needed / 2 ** 30:.2f} GiB (written next to the previous one, then renamed): "
+                         "free space or choose another folder")
+
+
+def fault_hooks(env):
+    """Fault injection for the tests (environment variables; nothing happens without them):
+    UNIVTR_FAULT_AT_STEP=N dies abruptly (exit 17) after step N, UNIVTR_SIGNAL_AT_STEP=N sends this
+    process SIGTERM after step N, both on UNIVTR_FAULT_RANK (default: every rank) and only in torchrun's
+    first attempt (TORCHELASTIC_RESTART_COUNT 0), so a restarted group runs clean."""
+    rank = os.environ.get("UNIVTR_FAULT_RANK")
+    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+    active = first_attempt and (rank is None or int(rank) == env.rank)
+    die_at = int(os.environ.get("UNIVTR_FAULT_AT_STEP", "0")) if active else 0
+    signal_at = int(os.environ.get("UNIVTR_SIGNAL_AT_STEP", "0")) if active else 0
+
+    def after_step(step: int) -> None:
+        if die_at and step == die_at:
+            os._exit(17)
+        if signal_at and step == signal_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return after_step
