@@ -21,14 +21,22 @@ def get_args(argv: Sequence[str] | None = None):
     return parse_args(argv)
 
 
-def report_errors(args) -> int:
-    """Run the engine; problems with the user's data, weights or flags are one line, no traceback wall."""
+def report_errors(args, argv: Sequence[str] | None = None) -> int:
+    """Run the engine; problems with the user's data, weights or flags are one line, no traceback wall.
+    ``--do_eval --init_model`` of a self-contained checkpoint takes the model from it (``argv``: the
+    command line, to tell explicit flags from defaults)."""
     from dataloaders import DataError
+    from engine.checkpoint import adopt_for_evaluation
+    from engine.preemption import Preempted
     from engine.trainer import run
     from modules.clip import CheckpointError
 
     try:
+        adopt_for_evaluation(args, argv)
         run(args)
+    except Preempted as stopped:
+        print(f"preempted: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     except (DataError, CheckpointError, FloatingPointError, ValueError) as error:
         logging.getLogger("univtr").debug("details", exc_info=True)
         print(f"error: {one_line(error)}", file=sys.stderr)
@@ -47,7 +55,7 @@ def one_line(error: Exception) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return report_errors(get_args(argv))
+    return report_errors(get_args(argv), argv)
 
 
 if __name__ == "__main__":

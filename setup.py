@@ -18,9 +18,10 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=find_packages(include=["modules*", "dataloaders*", "preprocess*", "engine*"]),
-    py_modules=["main_task_retrieval"],
-    package_data={"modules.clip": ["bpe_simple_vocab_16e6.txt.gz", "LICENSE.bpe_vocab", "model_configs/*.json"]},
+    packages=find_packages(include=["modules*", "dataloaders*", "preprocess*", "engine*", "tools*"]),
+    py_modules=["main_task_retrieval", "main_pretrain"],
+    package_data={"modules.clip": ["bpe_simple_vocab_16e6.txt.gz", "LICENSE.bpe_vocab", "model_configs/*.json"],
+                  "modules.videomae": ["model_configs/*.json"]},
     include_package_data=True,
     install_requires=requirements,
 )

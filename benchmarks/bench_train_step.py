@@ -38,13 +38,19 @@ from modules.factory import add_model_args, build_model  # noqa: E402
 
 HEAD_FLAGS = {  # the configuration each head is measured in
     "hmmc": ["--hmmc_stage", "pretrain", "--use_temp", "--use_frame_fea", "--contrast_num_negative", "1024"],
+    # SimVTP's pre-training step on its own backbone (VideoMAE ViT-B/16, give --frames 16); --mask_ratio sets
+    # the tube masking (0.9 in SimVTP; 0 runs every pass on all 1568 tokens)
+    "simvtp": ["--simvtp_stage", "pretrain", "--videomae_arch", "ViT-B-16"],
+    # every trained T2VLP piece at once: joint last blocks, tube tokens, alignment, fusion VTM with hard negatives
+    "t2vlp": ["--t2vlp_stage", "retrieval"],
 }
 
 
-def make_model(arch: str, head: str, device: torch.device, frames: int = 12):
+def make_model(arch: str, head: str, device: torch.device, frames: int = 12, mask_ratio: float | None = None):
     parser = add_optim_args(add_model_args(argparse.ArgumentParser()))
+    masking = ["--video_mask_ratio", str(mask_ratio)] if mask_ratio is not None else []
     args = parser.parse_args(["--pretrained_clip_name", arch, "--clip_init", "random", "--method", head,
-                              "--freeze_layer_num", "-1", *HEAD_FLAGS.get(head, [])])
+                              "--freeze_layer_num", "-1", *HEAD_FLAGS.get(head, []), *masking])
     args.max_frames = frames
     torch.manual_seed(0)
     model = build_model(args).to(device)
@@ -103,11 +109,11 @@ def measure(model, optimizer, batch, env, precision, repeats: int) -> tuple[floa
     return statistics.median(times), peak
 
 
-def largest_batch(arch, head, env, precision, frames, size, start: int, limit: int) -> int:
+def largest_batch(arch, head, env, precision, frames, size, start: int, limit: int, mask_ratio=None) -> int:
     """Doubling search for the largest global batch whose step fits in GPU memory."""
     best, batch = 0, start
     while batch <= limit:
-        model, optimizer = make_model(arch, head, env.device, frames)
+        model, optimizer = make_model(arch, head, env.device, frames, mask_ratio)
         try:
             train_step(model, optimizer, make_batch(batch, frames, size, env.device), env, precision)
             best, batch = batch, batch * 2
@@ -135,6 +141,7 @@ def main(argv=None):
                         help="also measure this head in its own process and print both with ratios "
                              "(default: meanP when --head is not meanP)")
     parser.add_argument("--json", action="store_true", help="print one JSON line of results (used by --compare)")
+    parser.add_argument("--mask_ratio", type=float, default=None, help="simvtp: tube mask ratio (default 0.9)")
     args = parser.parse_args(argv)
     compare = args.compare if args.compare is not None else ("meanP" if args.head != "meanP" else "")
     if compare and not args.json:
@@ -146,8 +153,8 @@ def main(argv=None):
     peak_tflops = args.peak_tflops if args.peak_tflops is not None else (989.0 if device.type == "cuda" else None)
     size = 224 if "L-14-336" not in args.arch and "L/14@336" not in args.arch else 336
     batch = args.batch or (4 if device.type == "cpu" else largest_batch(args.arch, args.head, env, precision,
-                                                                        args.frames, size, 32, 4096))
-    model, optimizer = make_model(args.arch, args.head, device, args.frames)
+                                                                        args.frames, size, 32, 4096, args.mask_ratio))
+    model, optimizer = make_model(args.arch, args.head, device, args.frames, args.mask_ratio)
     data = make_batch(batch, args.frames, size, device)
     flops = count_flops(model, optimizer, data, env, precision)
     seconds, peak = measure(model, optimizer, data, env, precision, args.repeats)
@@ -161,7 +168,8 @@ def main(argv=None):
                           "state_mib": state_mib, "precision": precision}))
         return {}
     mfu = f"{100 * achieved / (peak_tflops * 1e12):.1f}%" if peak_tflops else "n/a (give --peak_tflops)"
-    print(f"{args.head}, {args.arch}, {args.frames} frames x {size}px, 32 tokens, {precision}, device {device}, "
+    arch = "VideoMAE ViT-B/16 (HEAD_FLAGS)" if args.head == "simvtp" else args.arch  # its own backbone family
+    print(f"{args.head}, {arch}, {args.frames} frames x {size}px, 32 tokens, {precision}, device {device}, "
           f"torch threads {torch.get_num_threads()}")
     print("| batch (pairs) | step (s) | pairs/s | peak memory (GiB) | TFLOP per step | achieved TFLOP/s | MFU |")
     print("|---|---|---|---|---|---|---|")

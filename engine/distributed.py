@@ -46,9 +46,23 @@ def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> DistEnv
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(minutes=timeout_minutes))
+        timeout = datetime.timedelta(minutes=timeout_minutes)
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size, timeout=timeout,
+                                store=_restart_store(world_size, rank, timeout))
     return DistEnv(rank, world_size, local_rank, dev)
+
+
+def _restart_store(world_size: int, rank: int, timeout) -> "dist.Store | None":
+    """After a ``torchrun --max_restarts`` restart, the rendezvous keys of the dead attempt are still in
+    the agent's store, and the new ranks would try to reach the old ones' addresses: give each attempt
+    its own key prefix. None (the default env:// rendezvous) for a first attempt."""
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if not attempt or "MASTER_ADDR" not in os.environ:
+        return None
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=rank == 0 and not agent_store, timeout=timeout)
+    return dist.PrefixStore(f"univtr/attempt{attempt}", store)
 
 
 def env_from_group(device: torch.device = torch.device("cpu")) -> DistEnv:

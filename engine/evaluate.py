@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from engine.rerank import rerank_candidates, wants_rerank
 from modules import metrics as M
 
 Features = Any  # Tensor or tuple of Tensors, batch in dim 0
@@ -287,9 +288,11 @@ def choose_qb_norm_params(model, val: EncodedSplit, bank: Features, args) -> tup
 @torch.no_grad()
 def evaluate_encoded(model, encoded: EncodedSplit, args, *, bank: Features | None = None,
                      qb_norm_params: tuple[float, int] | None = None, split: str = "test",
-                     dataset=None) -> EvalResult:
-    """Metrics from already encoded features: raw, then DSL / QB-Norm when enabled. Query subsets
-    (--eval_query_subset) are resolved against ``dataset``, built here for ``split`` when not given."""
+                     dataset=None, rerank=None) -> EvalResult:
+    """Metrics from already encoded features: raw, then DSL / QB-Norm / re-ranked ("rerank/", heads
+    with a cross-encoder, ``engine.rerank``; ``rerank`` when already computed) when enabled. Query
+    subsets (--eval_query_subset) are resolved against ``dataset``, built here for ``split`` when not
+    given."""
     subsets = {}
     if getattr(args, "eval_query_subset", None):
         if dataset is None:
@@ -339,6 +342,17 @@ def evaluate_encoded(model, encoded: EncodedSplit, args, *, bank: Features | Non
         results.update({"qbnorm/beta": float(beta), "qbnorm/k": float(k), "qbnorm/bank_size": float(feature_count(bank))})
         notes.append(f"qbnorm: beta={beta:g} k={k} min_hits={args.qb_norm_min_hits}, bank = {feature_count(bank)} "
                      "training captions, beta/k chosen on the validation split")
+
+    if rerank is None and wants_rerank(model, args):
+        rerank = rerank_candidates(model, encoded, args)
+    if rerank is not None:
+        t2v, v2t = rerank.transforms()
+        reranked = M.count_ranks(tiles, encoded.caption_to_video, encoded.num_videos, t2v_transform=t2v,
+                                 v2t_transform=v2t, count_ties=args.legacy_metrics, tile_elements=tile_elements)
+        results.update(M.summarise(reranked.ranks(args.legacy_metrics), prefix="rerank/"))
+        results.update(_subset_metrics(subsets, lambda q: reranked.t2v_ranks_of(q, args.legacy_metrics), prefix="rerank/"))
+        results.update(rerank.summary())
+        notes.append(rerank.note())
     return EvalResult(results, M.format_table(results, title="\n".join(notes)), incomplete=incomplete)
 
 
@@ -421,6 +435,8 @@ def evaluate_split(head, dataset, args, env, precision: str = "fp32", qb_norm=No
             text = encode_sharded(head, dataset.text_dataset(), "text", args, env)
             video = encode_sharded(head, dataset.video_dataset(), "video", args, env)
         encoded = EncodedSplit(as_float(text), as_float(video), dataset.caption_to_video.clone(), dataset.num_videos)
+        # Every rank takes part in re-ranking: its cross-encoder passes are sharded like the encoding.
+        rerank = rerank_candidates(head, encoded, args, env, precision) if wants_rerank(head, args) else None
         if not env.is_main:
             return None
         if args.qb_norm and qb_norm is None and qb_norm_bank_set is not None:
@@ -431,7 +447,7 @@ def evaluate_split(head, dataset, args, env, precision: str = "fp32", qb_norm=No
             qb_norm = (bank, (beta, k))
         bank, params = qb_norm if qb_norm is not None else (None, None)
         result = evaluate_encoded(head, encoded, args, bank=bank, qb_norm_params=params, split=dataset.split,
-                                  dataset=dataset)
+                                  dataset=dataset, rerank=rerank)
         result.qb_norm = qb_norm
         return result
     finally:

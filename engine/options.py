@@ -125,6 +125,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--config", default=None, help="YAML file of flag: value; the command line overrides it")
     group.add_argument("--output_dir", default=None, help="logs, metrics, checkpoints and data reports go here")
     group.add_argument("--seed", type=int, default=42)
+    group.add_argument("--tensorboard", action="store_true",
+                       help="also write metrics.jsonl's scalars and the training loss/lr as TensorBoard events "
+                            "in <output_dir>/tensorboard")
     return parser
 
 

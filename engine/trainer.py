@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import shlex
 import sys
@@ -25,6 +24,8 @@ from engine.distributed import DistEnv, all_reduce_flag, barrier, broadcast_obje
 from engine.evaluate import check_query_subsets, evaluate_split, qb_norm_inputs, to_device
 from engine.step import StepContext
 from engine.optim import build_optimizer
+from engine.preemption import (Preempted, StopRequest, check_output_dir, check_resume_flags, fault_hooks,
+                               resolve_resume)
 from engine.train_data import EpochSampler, build_split, build_train_data  # noqa: F401  (EpochSampler: public here too)
 
 log = logging.getLogger("univtr")
@@ -46,7 +47,11 @@ def add_train_args(parser):
     g.add_argument("--precision", choices=("fp32", "amp_bf16", "amp_fp16", "fp16_weights"), default="fp32",
                    help="fp16_weights = CLIP4Clip's fp16 CLIP weights, for parity")
     g.add_argument("--compile", action="store_true", help="torch.compile the two CLIP towers")
-    g.add_argument("--resume", default=None, help="a checkpoint_last.pt to continue from exactly")
+    g.add_argument("--resume", default=None,
+                   help="a checkpoint_last.pt to continue from exactly, or 'auto': <output_dir>/checkpoint_last.pt "
+                        "when it exists, else start fresh (requeued jobs, torchrun --max_restarts)")
+    g.add_argument("--resume_allow_changes", action="store_true",
+                   help="resume even when result-changing flags differ from the checkpoint's (logged)")
     g.add_argument("--save_every_steps", type=int, default=0, help="also checkpoint every N steps (0: per epoch)")
     g.add_argument("--max_nonfinite_steps", type=int, default=10,
                    help="stop with an error after this many steps with a non-finite loss (each is skipped)")
@@ -105,10 +110,51 @@ def seed_everything(seed: int, rank: int) -> None:
     torch.manual_seed(seed)  # the same initialisation of new modules on every rank
 
 
+class TensorBoardScalars(logging.Handler):
+    """--tensorboard: the scalars of metrics.jsonl (``SPLIT/METRIC`` at x = epoch) and the training loss
+    and lr the loop logs (``train/loss``, ``train/lr`` at x = step; ``train/epoch_loss`` at x = epoch),
+    as TensorBoard events in ``<output_dir>/tensorboard``. The loop's log records are read by their
+    arguments, so the loop itself knows nothing of TensorBoard."""
+
+    STEP = "epoch %d step %d/%d loss"
+    EPOCH = "epoch %d/%d done: mean loss"
+
+    def __init__(self, folder: Path):
+        super().__init__(logging.INFO)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(folder), flush_secs=30)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = str(record.msg)
+        if message.startswith(self.STEP):
+            epoch, step_in_epoch, steps, loss, lr = record.args[:5]
+            step = (epoch - 1) * steps + step_in_epoch
+            self.writer.add_scalar("train/loss", loss, step)
+            self.writer.add_scalar("train/lr", lr, step)
+        elif message.startswith(self.EPOCH):
+            epoch, _, loss, _, lr = record.args[:5]
+            self.writer.add_scalar("train/epoch_loss", loss, epoch)
+            self.writer.flush()
+
+    def evaluation(self, record: dict) -> None:
+        for name, value in record.get("metrics", {}).items():
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(f"{record['split']}/{name}", value, record.get("epoch") or 0)
+        self.writer.flush()
+
+
 class MetricsLog:
-    def __init__(self, output_dir: Path | None, env: DistEnv, rule: str):
+    def __init__(self, output_dir: Path | None, env: DistEnv, rule: str, tensorboard: bool = False):
         self.path = output_dir / "metrics.jsonl" if output_dir is not None and env.is_main else None
         self.rule = rule
+        self.board = None
+        for old in [h for h in log.handlers if isinstance(h, TensorBoardScalars)]:  # an earlier run in this process
+            log.removeHandler(old)
+            old.writer.close()
+        if tensorboard and self.path is not None:
+            self.board = TensorBoardScalars(output_dir / "tensorboard")
+            log.addHandler(self.board)
 
     def write(self, result=None, **record) -> None:
         """One line: the selection rule, the time, ``record``, and ``result``'s metrics with the
@@ -122,6 +168,8 @@ class MetricsLog:
         record = {"selection_rule": self.rule, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **record}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.board is not None:
+            self.board.evaluation(record)
 
 
 def default_output_dir(args, env: DistEnv) -> Path:
@@ -166,7 +214,11 @@ def run(args) -> dict:
             print(f"--output_dir not given: writing to {args.output_dir}", file=sys.stderr)
     output_dir = Path(args.output_dir) if args.output_dir else None
     if output_dir is not None and env.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"--output_dir {output_dir} cannot be created ({error.strerror or error}); choose "
+                             "another folder") from None
     setup_logging(output_dir, env)
     log_run_header(args, env)
     seed_everything(args.seed, env.rank)
@@ -184,7 +236,8 @@ def run(args) -> dict:
     else:
         rule = selection_rule(args)
     check_before_work(args, rule, build_parser_for(eval_args).has_split("val"))
-    metrics_log = MetricsLog(output_dir, env, rule.description if training else "evaluation only")
+    metrics_log = MetricsLog(output_dir, env, rule.description if training else "evaluation only",
+                             tensorboard=getattr(args, "tensorboard", False))
     log.info("model %s: %s trainable / %s parameters; world size %d; device %s", model.head_name,
              f"{count_parameters(model, trainable_only=True):,}", f"{count_parameters(model):,}", env.world_size,
              env.device)
@@ -192,7 +245,10 @@ def run(args) -> dict:
     test_set = build_split(eval_args, "test", env, model.tokenizer())
     log.info(test_set.describe())
     if training:
-        return train(model, args, env, rule, test_set, output_dir, metrics_log)
+        if env.is_main and output_dir is not None:
+            check_output_dir(output_dir, model)
+        with StopRequest() as stop:  # SIGTERM / SIGUSR1: finish the step, checkpoint, exit 75
+            return train(model, args, env, rule, test_set, output_dir, metrics_log, stop)
     qb_norm = None
     if args.qb_norm:
         qb_norm = qb_norm_inputs(model, args, env, build_split(args, "train", env, model.tokenizer()),
@@ -208,7 +264,8 @@ def run(args) -> dict:
     return result.metrics
 
 
-def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, metrics_log: MetricsLog) -> dict:
+def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, metrics_log: MetricsLog,
+          stop: StopRequest | None = None) -> dict:
     data = build_train_data(args, env, tokenizer=model.tokenizer())
     train_set = getattr(data.dataset, "text_dataset", None) and data.dataset  # QB-Norm's bank (map-style data)
     val_set = build_split(args, "val", env, model.tokenizer()) if rule.split == "val" or args.qb_norm else None
@@ -228,8 +285,10 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
 
     start_epoch, step, step_in_epoch, best = 0, 0, 0, {"score": -math.inf, "epoch": None, "metrics": {}, "table": ""}
     nonfinite = 0
-    if args.resume:
-        state = ckpt.load_training_state(args.resume)
+    resume = resolve_resume(args, output_dir)
+    if resume:
+        state = ckpt.load_training_state(resume)
+        check_resume_flags(state["args"], args, resume)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -240,7 +299,7 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
         best = state["extra"].get("best", best)
         nonfinite = state["extra"].get("nonfinite", 0)
         data.load_state_dict(state["extra"].get("data", {}))
-        log.info("resumed from %s: epoch %d, step %d (%d into the epoch)", args.resume, start_epoch, step, step_in_epoch)
+        log.info("resumed from %s: epoch %d, step %d (%d into the epoch)", resume, start_epoch, step, step_in_epoch)
 
     def save_state(epoch, step_in_epoch):
         data_state = data.state_dict(env)  # on every rank: a stream's progress is gathered
@@ -250,7 +309,7 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
                                      step_in_epoch=step_in_epoch, args=args,
                                      extra={"best": best, "nonfinite": nonfinite, "data": data_state})
 
-    fault_at = int(os.environ.get("UNIVTR_FAULT_AT_STEP", "0"))  # tests: die abruptly at this step
+    after_step = fault_hooks(env)  # tests only: die or get SIGTERM at a given step
     for epoch in range(start_epoch, args.epochs):
         micro_batches, last_step = data.epoch(epoch, step_in_epoch)
         model.train()
@@ -311,8 +370,13 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
                          losses_for_log.get("loss", float("nan")), scheduler.get_last_lr()[-1], pairs / max(elapsed, 1e-9))
             if args.save_every_steps and step % args.save_every_steps == 0:
                 save_state(epoch, step_in_epoch + 1)
-            if fault_at and step == fault_at:
-                os._exit(17)
+            after_step(step)
+            if all_reduce_flag(stop is not None and stop.requested, env):  # every rank stops after the same step
+                save_state(epoch, step_in_epoch + 1)
+                where = output_dir / "checkpoint_last.pt" if output_dir is not None else "nowhere (no --output_dir)"
+                log.warning("stopped after step %d on a signal; checkpoint written to %s", step, where)
+                raise Preempted(f"stopped after step {step} on a signal; checkpoint written to {where}; continue "
+                                "with --resume auto (exit code 75: requeue)")
         if progress is not None:
             progress.close()
         # Always at least once per epoch, whatever --n_display says.
@@ -358,16 +422,14 @@ def _end_of_epoch(model, args, env, rule, epoch, train_set, val_set, test_set, o
         if score > best["score"]:
             best = {"score": score, "epoch": epoch + 1, "metrics": result.metrics, "table": result.table}
             if output_dir is not None:
-                ckpt.atomic_save({"model": model.state_dict(), "epoch": epoch + 1, "rule": rule.description,
-                                  "args": ckpt.plain_args(args)}, output_dir / "model_best.pt")
+                ckpt.save_model(output_dir / "model_best.pt", model, args, epoch=epoch + 1, rule=rule.description)
     return best
 
 
 def _final_report(model, args, env, rule, train_set, val_set, test_set, output_dir, metrics_log, best) -> dict:
     """Test numbers: of the selected epoch (val or, for parity, test), else of the final epoch."""
     if output_dir is not None and env.is_main:
-        ckpt.atomic_save({"model": model.state_dict(), "epoch": args.epochs, "args": ckpt.plain_args(args)},
-                         output_dir / "model_final.pt")
+        ckpt.save_model(output_dir / "model_final.pt", model, args, epoch=args.epochs)
     if rule.split == "test":
         # Each epoch was evaluated on test already: report the selected epoch's own numbers.
         if env.is_main:

@@ -7,8 +7,9 @@ import logging
 import torch
 
 from modules.clip import build_clip, list_architectures, load_clip
-from modules.clip.loading import CheckpointError, read_state_dict, to_our_layout
+from modules.converters import apply_implied_flags, list_formats, load_into_model, remember_defaults
 from modules.heads import RetrievalHead, add_prompt_args, get_head, list_heads
+from modules.videomae import add_videomae_args, trunk_from_args
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,17 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "positions, ln_pre); -1 trains all of CLIP")
     g.add_argument("--cross_num_hidden_layers", type=int, default=4, help="temporal / cross transformer depth")
     g.add_argument("--max_position_embeddings", type=int, default=128, help="frame positions of seqTransf")
-    g.add_argument("--init_model", default=None, help="initial weights: a UniVTR or CLIP4Clip pytorch_model.bin.N")
+    g.add_argument("--init_model", default=None,
+                   help="initial weights: a UniVTR checkpoint, a CLIP file, or a seed's released model (CLIP4Clip or "
+                        "HMMC pytorch_model.bin.N, DGL ckpt.best.pth.tar); the flags its weights imply are inferred")
+    g.add_argument("--init_format", default="auto", choices=("auto", *list_formats()),
+                   help="layout of --init_model (auto: recognised from its tensor names; see docs/reproduce.md)")
     g.add_argument("--grad_checkpointing", action="store_true")
+    g.add_argument("--backbone", choices=("clip", "videomae_joint"), default=None,
+                   help="backbone family (default: the method's: CLIP for every method but simvtp)")
+    add_videomae_args(parser)  # --videomae_arch, --videomae_checkpoint, --bert_path, ...
     add_prompt_args(parser)  # DGL / UMP flags
+    remember_defaults(parser)  # "given" = differs from these (checkpoint-implied flags, modules/converters/flags.py)
     return parser
 
 
@@ -53,60 +62,36 @@ def freeze_clip_layers(model: RetrievalHead, freeze_layer_num: int) -> int:
     return frozen
 
 
-def _names(keys, shown: int = 8) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:shown]) + (f" ... ({len(keys)} in all)" if len(keys) > shown else "")
+def load_init_model(model: RetrievalHead, path: str, init_format: str | None = None) -> None:
+    """Weights of a finished run (ours, or a seed's released model: ``modules/converters``) into ``model``.
 
-
-def load_init_model(model: RetrievalHead, path: str) -> None:
-    """Weights of a finished run (ours or CLIP4Clip's ``pytorch_model.bin.N``) into ``model``.
-
-    Every tensor of the model must come from the checkpoint: a head tensor left at its random
-    initialisation would quietly cost points (e.g. a seqTransf checkpoint evaluated with another
-    --cross_num_hidden_layers). The one exception is a checkpoint with no head tensors at all (plain
-    CLIP, or CLIP4Clip meanP): the head's new modules then start fresh, and the log says which.
-    Tensors only pre-training uses (momentum copies, queues, MLM heads: ``pretrain_only_prefixes``)
-    are dropped, in one log line."""
-    state, fmt, _ = read_state_dict(path)
-    if "model" in state and isinstance(state["model"], dict):  # a UniVTR training checkpoint
-        state = state["model"]
-    clip_state = to_our_layout(state, fmt)
-    heads_state = {k: v for k, v in state.items() if not k.startswith("clip.")}
-    own = model.state_dict()
-    dropped = [k for k in heads_state if k not in own and k.startswith(tuple(model.pretrain_only_prefixes))]
-    for key in dropped:
-        heads_state.pop(key)
-    if dropped:
-        log.info("%s: dropped %d tensors that only pre-training uses (%s)", path, len(dropped),
-                 ", ".join(sorted({k.split(".")[0] for k in dropped})))
-    merged = {f"clip.{k}": v for k, v in clip_state.items()} | heads_state
-    missing, unexpected = model.load_state_dict(merged, strict=False)
-    if unexpected:
-        raise CheckpointError(f"{path}: weights the {model.head_name} head does not have (wrong --method or head "
-                              f"flags?): {_names(unexpected)}")
-    head_missing = [k for k in missing if not k.startswith("clip.")]
-    clip_missing = [k for k in missing if k.startswith("clip.") and k != "clip.visual.conv2.weight"]
-    if "clip.visual.conv2.weight" in missing:  # a 2-D patch checkpoint under --linear_patch 3d
-        model.clip.visual.enable_3d_patch()  # starts equal to the loaded conv1
-        log.info("%s: no 3-D patch weights; --linear_patch 3d starts from the checkpoint's conv1", path)
-    if clip_missing:
-        raise CheckpointError(f"{path}: {len(clip_missing)} CLIP tensors are not in the checkpoint and would keep "
-                              f"random values: {_names(clip_missing)}")
-    if head_missing and heads_state:
-        raise CheckpointError(f"{path}: {len(head_missing)} tensors of the {model.head_name} head being built are not "
-                              f"in the checkpoint (different head flags, e.g. --cross_num_hidden_layers, "
-                              f"--max_frames, prompt lengths?): {_names(head_missing)}")
-    if head_missing:
-        fresh = sorted({k.split(".")[0] for k in head_missing})
-        log.info("%s: a CLIP checkpoint without %s head weights; these start fresh: %s", path, model.head_name,
-                 ", ".join(fresh))
+    Every tensor of the model must come from the checkpoint and every tensor of the checkpoint must
+    have a place, else one ``CheckpointError`` line names what is left on either side: a head tensor left
+    at its random initialisation would quietly cost points. The one exception is a checkpoint with no
+    head tensors at all (plain CLIP, or CLIP4Clip meanP): the head's new modules then start fresh, and the
+    log says which. Tensors only pre-training uses (``pretrain_only_prefixes``, a seed's momentum copies
+    and queues) are dropped, in one log line."""
+    load_into_model(model, path, init_format or getattr(model.args, "init_format", None))
 
 
 def build_model(args) -> RetrievalHead:
     """The model for a set of flags: CLIP (pretrained or random), the method head, freezing, options."""
+    apply_implied_flags(args)  # what --init_model's weights determine (method, head shape, backbone)
     name = getattr(args, "method", None) or args.sim_header
     head_cls = get_head(name)
-    if args.clip_init == "random":
+    family = getattr(head_cls, "backbone_family", "clip")
+    if getattr(args, "backbone", None) not in (None, family):
+        raise ValueError(f"--method {name} runs on the {family} backbone, not --backbone {args.backbone}")
+    if family == "videomae_joint":  # SimVTP's joint trunk (modules/videomae); CLIP's flags do not apply
+        trunk = trunk_from_args(args)
+        model = head_cls(trunk, args)
+        if getattr(args, "init_model", None):
+            load_init_model(model, args.init_model)
+        trunk.set_grad_checkpointing(getattr(args, "grad_checkpointing", False))
+        return model
+    if getattr(args, "clip_config", None):  # a self-contained checkpoint's architecture; --init_model has the weights
+        clip = build_clip(args.clip_config)
+    elif args.clip_init == "random":
         if args.pretrained_clip_name.replace("/", "-") not in [a.replace("/", "-") for a in list_architectures()]:
             raise ValueError(f"--clip_init random needs an architecture name, one of {list_architectures()}")
         clip = build_clip(args.pretrained_clip_name)

@@ -51,7 +51,7 @@ def write_csv(path: Path, header, rows):
 
 def test_registry_lists_every_benchmark():
     assert set(list_datasets()) == {"msrvtt", "msvd", "lsmdc", "didemo", "activitynet", "vatex", "webvid", "csv", "jsonl",
-                                    "activity", "chvtt", "webdataset"}
+                                    "activity", "chvtt", "webdataset", "frozen"}
 
 
 def test_clip4clip_datatype_alias_resolves_to_the_same_parser():
@@ -90,7 +90,7 @@ def test_msrvtt_expanded_pairs_and_webm_fallback(tmp_path):
     assert len(pairs) == 12
     assert train.records[2].video_path.endswith("video2.webm")
     item = train[0]
-    assert set(item) == {"text_ids", "text_mask", "video", "video_mask", "video_index", "caption_index"}
+    assert set(item) == {"text_ids", "text_mask", "video", "video_mask", "video_index", "caption_index", "decode_failures"}
     assert item["text_ids"].shape == (32,) and item["text_mask"].sum() > 2
 
 

@@ -25,6 +25,12 @@ OPTION_SETS = [
     ("dgl", "--shared_latent_space", "transformer", "--dgl_postfix"),
     ("dgl", "--shared_latent_space", "transformer", "--visual_output_type", "global_and_cls_mean"),
     ("ump", "--ump_pooling", "xpool"),
+    ("t2vlp", "--t2vlp_stage", "2"),
+    ("t2vlp", "--t2vlp_stage", "2", "--freeze_backbone"),
+    ("t2vlp", "--t2vlp_stage", "retrieval", "--freeze_layer_num", "-1"),
+    ("simvtp", "--simvtp_stage", "pretrain"),
+    ("simvtp", "--simvtp_stage", "pretrain", "--local_negatives"),
+    ("simvtp", "--local_negatives", "--drop_path", "0.1"),
 ]
 CONFIGS = [(name,) for name in list_heads()] + OPTION_SETS
 FRAMES, GLOBAL_BATCH = 4, 4

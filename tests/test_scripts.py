@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"msrvtt.sh": "msrvtt", "msvd.sh": "msvd", "lsmdc.sh": "lsmdc", "didemo.sh": "didemo",
            "activitynet.sh": "activitynet", "vatex.sh": "vatex", "dgl_msrvtt.sh": "msrvtt", "ump_msrvtt.sh": "msrvtt",
-           "hmmc_msrvtt.sh": "msrvtt", "hmmc_vatex.sh": "vatex"}
+           "hmmc_msrvtt.sh": "msrvtt", "hmmc_vatex.sh": "vatex", "t2vlp_msrvtt.sh": "msrvtt"}
 
 FAKE_TORCHRUN = f"""#!/bin/sh
 # Drop torchrun's own options, then only parse the flags with the entry script's own get_args.
@@ -95,3 +95,57 @@ def test_hmmc_pretrain_script_launches_main_pretrain(corpus, tmp_path):
     parsed = result.stdout.split()
     assert parsed[:5] == ["PARSED", "webdataset" if corpus == "shards" else "csv", "hmmc", "128", "12"]
     assert parsed[-1] == "main_pretrain.py"
+
+
+@pytest.mark.parametrize("stage,corpus", [(1, "shards"), (1, "frozen"), (2, "frozen")])
+def test_t2vlp_stage_scripts_launch_main_pretrain(stage, corpus, tmp_path):
+    script = f"t2vlp_stage{stage}.sh"
+    missing = run(script, {}, tmp_path)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert "set EVAL_DATA_DIR (" in missing.stderr and ("INIT_MODEL (" in missing.stderr) == (stage == 2)
+    assert script in missing.stderr and "DATA_DIR (the folder with frozen_train_labels.json" in missing.stderr
+    env = {"EVAL_DATA_DIR": str(tmp_path), "EVAL_VIDEO_DIR": str(tmp_path), "PATH": fake_torchrun(tmp_path),
+           "INIT_MODEL": str(tmp_path)}
+    if corpus == "shards":
+        env["SHARDS"] = f"{tmp_path}/{{000000..000009}}.tar"
+    else:
+        env |= {"DATA_DIR": str(tmp_path), "VIDEO_DIR": str(tmp_path)}
+    result = run(script, env, tmp_path)
+    assert result.returncode == 0, result.stderr[-1500:]
+    parsed = result.stdout.split()
+    assert parsed[:5] == ["PARSED", "webdataset" if corpus == "shards" else "frozen", "t2vlp", "32", "12"]
+    assert parsed[-1] == "main_pretrain.py"
+
+
+def test_simvtp_scripts_launch_both_entry_points_single_and_multi_node(tmp_path):
+    for script, needed in (("simvtp_pretrain.sh", ("EVAL_DATA_DIR (", "VIDEOMAE_CKPT (", "BERT_DIR (")),
+                           ("simvtp_msrvtt.sh", ("DATA_DIR (", "VIDEO_DIR ("))):
+        missing = run(script, {}, tmp_path)
+        assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+        assert all(name in missing.stderr for name in needed), missing.stderr
+    places = {name: str(tmp_path) for name in ("EVAL_DATA_DIR", "EVAL_VIDEO_DIR", "VIDEOMAE_CKPT", "BERT_DIR",
+                                                "DATA_DIR", "VIDEO_DIR", "PRETRAINED")}
+    env = {**places, "SHARDS": f"{tmp_path}/{{000000..000009}}.tar", "PATH": fake_torchrun(tmp_path)}
+    for extra in ({}, {"NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1"}):
+        result = run("simvtp_pretrain.sh", env | extra, tmp_path)
+        assert result.returncode == 0, result.stderr[-1500:]
+        assert result.stdout.split()[:5] == ["PARSED", "webdataset", "simvtp", "1024", "16"]
+        assert result.stdout.split()[-1] == "main_pretrain.py"
+    half = run("simvtp_pretrain.sh", env | {"NNODES": "2"}, tmp_path)
+    assert half.returncode == 2 and "needs NODE_RANK" in half.stderr and half.stderr.count("\n") == 1
+    result = run("simvtp_msrvtt.sh", env, tmp_path)
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert result.stdout.split()[:5] == ["PARSED", "msrvtt", "simvtp", "64", "16"]
+    assert result.stdout.split()[-1] == "main_task_retrieval.py"
+
+
+def test_recipes_resume_automatically_and_verify_videos_first(tmp_path):
+    # A requeued job continues from its checkpoint; unreadable videos are excluded before training.
+    bin_dir = tmp_path / "echo_bin"
+    bin_dir.mkdir()
+    (bin_dir / "torchrun").write_text('#!/bin/sh\necho "$@"\n')
+    (bin_dir / "torchrun").chmod(0o755)
+    env = {"DATA_DIR": str(tmp_path), "VIDEO_DIR": str(tmp_path), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    result = run("msrvtt.sh", env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "--resume auto --verify_videos" in result.stdout and "--output_dir ckpts/" in result.stdout

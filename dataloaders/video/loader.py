@@ -6,7 +6,7 @@ import argparse
 import numpy as np
 import torch
 
-from .backends import VideoInfo, candidate_backends, check_file, open_reader
+from .backends import VideoInfo, candidate_backends, check_file, codec_failure, open_reader
 from .errors import EmptyWindowError, VideoDecodeError, VideoNotFoundError
 from .sampling import MODES, sample_indices
 from .transforms import AugmentConfig, eval_transform, train_transform
@@ -14,7 +14,9 @@ from .transforms import AugmentConfig, eval_transform, train_transform
 
 def with_reader(path, backends: list[str], use, threads: int = 1, lmdb_path=None):
     """Return ``use(reader)`` from the first backend in ``backends`` that can open and decode ``path``.
-    A missing or empty file fails at once; otherwise every backend's reason is kept for the error."""
+    A missing or empty file fails at once; otherwise every backend's reason is kept for the error.
+    A single file backend that fails where another installed backend decodes the file raises
+    UnsupportedCodecError, which names the codec and the backends that can."""
     if backends != ["lmdb"]:
         check_file(path)  # missing and 0-byte files get their precise reason, not one per backend
     reasons = []
@@ -26,7 +28,10 @@ def with_reader(path, backends: list[str], use, threads: int = 1, lmdb_path=None
             raise  # another backend would not do better
         except VideoDecodeError as exc:
             if len(backends) == 1:
-                raise
+                unsupported = None if name == "lmdb" else codec_failure(path, name, exc, threads)
+                if unsupported is None:
+                    raise
+                raise unsupported from exc
             reasons.append(exc.reason)
     raise VideoDecodeError(path, "no backend could read it: " + "; ".join(reasons))
 
@@ -61,7 +66,8 @@ class VideoClipLoader:
                  backend: str = "auto", feature_framerate: int = 1, slice_framepos: int = 2,
                  frame_order: int = 0, train_mode: bool | None = None, train_augment: bool = False,
                  lmdb_path=None, stride: int = 4, threads: int = 1,
-                 augment: AugmentConfig = AugmentConfig()):
+                 augment: AugmentConfig = AugmentConfig(), normalize: str = "clip",
+                 test_views: tuple[int, int] = (1, 1)):
         if mode not in MODES:
             raise ValueError(f"unknown sample mode {mode!r}; choose one of {', '.join(MODES)}")
         if backend == "lmdb" and lmdb_path is None:
@@ -75,6 +81,10 @@ class VideoClipLoader:
         self.train_mode = bool(train_augment) if train_mode is None else bool(train_mode)
         self.train_augment = bool(train_augment) and self.train_mode
         self.augment = augment
+        self.statistics = normalize  # "clip" or "imagenet" mean/std (--normalize)
+        # Evaluation only: (temporal segments, spatial crops) per video; more than one view gives
+        # (views, max_frames, 3, S, S) clips, which the heads that accept views average (SimVTP).
+        self.test_views = (1, 1) if self.train_mode else tuple(int(v) for v in test_views)
         self.threads = int(threads)
         self.sampling = dict(feature_framerate=int(feature_framerate), slice_framepos=int(slice_framepos),
                              frame_order=int(frame_order), stride=int(stride), train=self.train_mode)
@@ -96,6 +106,8 @@ class VideoClipLoader:
             lmdb_path=get("lmdb_path", None),
             stride=get("frame_stride", 4),
             threads=get("decode_threads", 1),
+            normalize=get("normalize", "clip"),
+            test_views=(get("test_num_segment", 1), get("test_num_crop", 1)),
         )
 
     def indices(self, num_frames: int, fps: float, start=None, end=None, rng=None) -> list[int]:
@@ -112,19 +124,45 @@ class VideoClipLoader:
             if not idx:
                 raise EmptyWindowError(path, f"no frames in the window start={start} end={end} s of a "
                                              f"{reader.num_frames}-frame {reader.fps:g} fps video")
+            if self.test_views != (1, 1):
+                windows = self._segments(idx, reader.num_frames, reader.fps, start, end)
+                wanted = sorted({i for window in windows for i in window})
+                decoded, position = reader.get(wanted), {f: k for k, f in enumerate(wanted)}
+                return [decoded[[position[i] for i in window]] for window in windows]
             return reader.get(idx)
 
         frames = with_reader(path, self.backends, load, self.threads, self.lmdb_path)
+        if self.test_views != (1, 1):
+            crops = self.test_views[1]
+            views = [self._padded(eval_transform(window, self.image_size, self.statistics, k / max(1, crops - 1)
+                                                 if crops > 1 else 0.5)) for window in frames for k in range(crops)]
+            return torch.stack([v for v, _ in views]), torch.stack([m for _, m in views])
         if self.train_augment:
-            clip = train_transform(frames, self.image_size, rng, self.augment)
+            clip = train_transform(frames, self.image_size, rng, self.augment, self.statistics)
         else:
-            clip = eval_transform(frames, self.image_size)
+            clip = eval_transform(frames, self.image_size, self.statistics)
+        return self._padded(clip)
+
+    def _padded(self, clip):
         # Zeros only pad a short clip up to max_frames (mask 0 there); a failed decode raised above.
         video = torch.zeros(self.max_frames, 3, self.image_size, self.image_size, dtype=torch.float32)
         mask = torch.zeros(self.max_frames, dtype=torch.long)
         video[:len(clip)] = clip
         mask[:len(clip)] = 1
         return video, mask
+
+    def _segments(self, idx: list[int], num_frames: int, fps: float, start, end) -> list[list[int]]:
+        """The sampled pattern ``idx`` moved to ``test_num_segment`` evenly spaced places in the window
+        (VideoMAE's test segments; a pattern that fills the window stays where it is)."""
+        from .sampling import _window
+
+        segments = self.test_views[0]
+        if segments == 1:
+            return [idx]
+        lo, hi = _window(num_frames, fps, start, end)
+        first, span = min(idx), max(idx) - min(idx)
+        slack = max(0, hi - 1 - span - lo)
+        return [[i - first + lo + int(k * slack / (segments - 1)) for i in idx] for k in range(segments)]
 
     def __repr__(self) -> str:
         return (f"VideoClipLoader(max_frames={self.max_frames}, image_size={self.image_size}, mode={self.mode!r}, "
@@ -158,4 +196,10 @@ def add_video_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="random resized crop, flip and colour jitter, the same for every frame of a clip")
     add("--lmdb_path", default=None, help="frame LMDB from preprocess/frames_to_lmdb.py")
     add("--decode_threads", type=int, default=1, help="decoder threads per DataLoader worker")
+    add("--normalize", default="clip", choices=["clip", "imagenet"],
+        help="pixel mean/std: CLIP's, or ImageNet's (VideoMAE / SimVTP)")
+    add("--test_num_segment", type=int, default=1,
+        help="evaluation views: temporal segments per video, averaged by the model (SimVTP: 3; heads that "
+             "accept views only)")
+    add("--test_num_crop", type=int, default=1, help="evaluation views: spatial crops along the long side (SimVTP: 3)")
     return parser

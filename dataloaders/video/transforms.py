@@ -13,8 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from modules.components.pixels import PIXEL_STATISTICS as STATISTICS  # (CLIP's; ImageNet's for SimVTP)
+
+CLIP_MEAN, CLIP_STD = STATISTICS["clip"]
 
 
 def to_uint8_batch(frames) -> torch.Tensor:
@@ -47,22 +48,24 @@ def short_side_size(height: int, width: int, size: int) -> tuple[int, int]:
     return int(size * height / width), size
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """0..255 (T, 3, H, W), uint8 or float -> float32 CLIP mean/std normalised."""
+def normalize(x: torch.Tensor, statistics: str = "clip") -> torch.Tensor:
+    """0..255 (T, 3, H, W), uint8 or float -> float32 normalised with CLIP's (or ImageNet's) mean/std."""
     x = x.float()
-    mean = torch.tensor(CLIP_MEAN, dtype=x.dtype).view(1, 3, 1, 1) * 255
-    std = torch.tensor(CLIP_STD, dtype=x.dtype).view(1, 3, 1, 1) * 255
+    mean, std = STATISTICS[statistics]
+    mean = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1) * 255
+    std = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1) * 255
     return x.sub_(mean).div_(std)
 
 
-def eval_transform(frames, size: int) -> torch.Tensor:
-    """CLIP's test preprocessing on a whole clip: uint8 (T, H, W, 3) -> float32 (T, 3, size, size)."""
+def eval_transform(frames, size: int, statistics: str = "clip", crop: float = 0.5) -> torch.Tensor:
+    """CLIP's test preprocessing on a whole clip: uint8 (T, H, W, 3) -> float32 (T, 3, size, size).
+    ``crop`` places the square along the long side: 0 left/top, 0.5 centre, 1 right/bottom."""
     x = to_uint8_batch(frames)
     h, w = short_side_size(x.shape[-2], x.shape[-1], size)
     x = _resize(x, h, w)
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
-    return normalize(x[:, :, top:top + size, left:left + size])
+    top = int(round((h - size) * crop))
+    left = int(round((w - size) * crop))
+    return normalize(x[:, :, top:top + size, left:left + size], statistics)
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ def _grey(x: torch.Tensor) -> torch.Tensor:
 
 
 def train_transform(frames, size: int, rng: np.random.Generator,
-                    config: AugmentConfig = AugmentConfig()) -> torch.Tensor:
+                    config: AugmentConfig = AugmentConfig(), statistics: str = "clip") -> torch.Tensor:
     """Random resized crop, horizontal flip and colour jitter, drawn once and applied to every frame."""
     x = to_uint8_batch(frames)
     top, left, h, w = sample_crop(x.shape[-2], x.shape[-1], rng, config.scale, config.ratio)
@@ -122,4 +125,4 @@ def train_transform(frames, size: int, rng: np.random.Generator,
     x = (mean + c * (x - mean)).clamp_(0, 255)
     grey = _grey(x)
     x = (grey + s * (x - grey)).clamp_(0, 255)
-    return normalize(x)
+    return normalize(x, statistics)

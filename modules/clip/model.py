@@ -161,17 +161,21 @@ class CLIP(nn.Module):
         return self.text(ids, hooks=hooks, pool_index=pool_index, return_tokens=return_tokens)
 
     def encode_frames(self, video: Tensor, taps: Sequence[int] = (), joint_last_n: int = 0,
-                      hooks: Sequence[BlockHook] = ()) -> tuple[Tensor, dict[int, Tensor]]:
+                      hooks: Sequence[BlockHook] = (), frame_mask: Tensor | None = None
+                      ) -> tuple[Tensor, dict[int, Tensor]]:
         """video (B, T, 3, H, W) -> frame features (B, T, D) and {block: tokens (B, T, N, W)} for ``taps``.
 
-        ``joint_last_n = k`` makes the last k blocks attend across all frames of a video (T2VLP).
+        ``joint_last_n = k`` makes the last k blocks attend across all frames of a video (T2VLP);
+        ``frame_mask`` (B, T) hides padded frames (0) from the joint attention.
         """
         batch, frames = video.shape[:2]
         tap = TokenTap(taps)
         all_hooks = [*hooks, tap]
         if joint_last_n:
             depth = self.config.vision.layers
-            all_hooks.append(JointFrames(frames, depth - joint_last_n, depth - 1))
+            if not 0 < joint_last_n <= depth:
+                raise ValueError(f"joint_last_n must be in 1..{depth} (the vision tower's blocks), got {joint_last_n}")
+            all_hooks.append(JointFrames(frames, depth - joint_last_n, depth - 1, frame_mask))
         features = self.visual(video.flatten(0, 1), hooks=all_hooks, num_frames=frames)
         # Per-frame (B*T, N, W) and joint (B, T*N, W) token layouts both regroup to (B, T, N, W).
         tapped = {i: x.reshape(batch, frames, -1, x.shape[-1]) for i, x in tap.tokens.items()}

@@ -133,10 +133,19 @@ class JointFrames(BlockHook):
 
     Frames arrive as (B*T, N, W); from ``first`` to the last block they travel as one sequence of
     (B, T*N, W) and are split back into frames after the last block (T2VLP's last two blocks).
+    ``frame_mask`` (B, T), optional: the tokens of frames marked 0 (padding) are hidden from every
+    query of the joint blocks, so padding never changes a real frame's tokens.
     """
 
-    def __init__(self, num_frames: int, first: int, last: int):
+    def __init__(self, num_frames: int, first: int, last: int, frame_mask: Tensor | None = None):
         self.num_frames, self.first, self.last = num_frames, first, last
+        # (B, 1, T), expanded to every token of its frame in attn_mask; None without padding.
+        self.key_mask = key_mask(frame_mask) if frame_mask is not None else None
+
+    def attn_mask(self, index: int, x: Tensor) -> Tensor | None:
+        if self.key_mask is None or not self.first <= index <= self.last:
+            return None
+        return self.key_mask.repeat_interleave(x.shape[1] // self.num_frames, dim=2)  # (B, 1, T*N)
 
     def before_block(self, index: int, x: Tensor) -> Tensor:
         if index == self.first:
@@ -149,6 +158,16 @@ class JointFrames(BlockHook):
             videos, tokens, width = x.shape
             return x.reshape(videos * self.num_frames, tokens // self.num_frames, width)
         return x
+
+
+def key_mask(valid: Tensor) -> Tensor | None:
+    """(N, S) 0/1 -> additive fp32 (N, 1, S) mask, -inf on the keys marked 0, broadcast over every
+    query; None when every key is valid (the unmasked path stays as it is)."""
+    valid = valid.bool()
+    if bool(valid.all()):
+        return None
+    mask = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)
+    return mask.masked_fill(~valid, float("-inf"))[:, None, :]
 
 
 def causal_mask(length: int, device: torch.device | None = None) -> Tensor:

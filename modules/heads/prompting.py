@@ -76,11 +76,16 @@ class TextPromptHook(BlockHook):
 
 def add_prompt_args(parser) -> None:
     """Flags of the heads that have their own (called from modules.factory.add_model_args): the
-    prompt-tuning heads DGL and UMP, and HMMC."""
+    prompt-tuning heads DGL and UMP, HMMC and T2VLP."""
     from .dgl import add_dgl_args
     from .hmmc import add_hmmc_args
+    from .t2vlp import add_t2vlp_args
     from .ump import add_ump_args
 
     add_dgl_args(parser)
     add_ump_args(parser)
     add_hmmc_args(parser)
+    add_t2vlp_args(parser)
+    from .simvtp import add_simvtp_args
+
+    add_simvtp_args(parser)
