@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (args.do_pretrain or args.do_eval):
         print("error: nothing to do: pass --do_pretrain (and/or --do_eval for zero-shot evaluation)", file=sys.stderr)
         return 2
-    return report_errors(args)
+    return report_errors(args, argv)
 
 
 if __name__ == "__main__":
