@@ -42,6 +42,18 @@ require_msrvtt_env() {
     VIDEO_DIR "the folder with the MSR-VTT videos (video0.mp4 ...)"
 }
 
+# pretrain_corpus DATATYPE "what DATA_DIR holds" "what VIDEO_DIR holds": the pre-training corpus flags in
+# corpus=(...), from SHARDS (WebDataset shards) or else DATATYPE (default: the first argument), DATA_DIR and
+# VIDEO_DIR, whose requirements are appended to needs=(...) so require_env reports every missing one at once.
+pretrain_corpus() {
+  if [ -n "${SHARDS:-}" ]; then
+    corpus=(--datatype webdataset --train_shards "$SHARDS")
+  else
+    needs+=(DATA_DIR "$2 (or set SHARDS)" VIDEO_DIR "$3")
+    corpus=(--datatype "${DATATYPE:-$1}" --data_path "${DATA_DIR:-}" --features_path "${VIDEO_DIR:-}")
+  fi
+}
+
 launch() {
   local root
   root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

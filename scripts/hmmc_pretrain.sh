@@ -8,14 +8,9 @@
 #   Optional:        NPROC, OUTPUT_DIR, CLIP_DIR, WORKERS, LANGUAGE (chinese: also TEXT_ENCODER, a local copy of
 #                    hfl/chinese-roberta-wwm-ext), EXTRA_ARGS. Requeued jobs continue with EXTRA_ARGS="--resume ...".
 source "$(dirname "$0")/common.sh"
-require_env EVAL_DATA_DIR "the MSR-VTT annotation folder used for zero-shot evaluation" \
-  EVAL_VIDEO_DIR "the MSR-VTT videos"
-if [ -n "${SHARDS:-}" ]; then
-  corpus=(--datatype webdataset --train_shards "$SHARDS")
-else
-  require_env DATA_DIR "the pre-training annotation folder (or set SHARDS)" VIDEO_DIR "its videos"
-  corpus=(--datatype "${DATATYPE:-webvid}" --data_path "$DATA_DIR" --features_path "$VIDEO_DIR")
-fi
+needs=(EVAL_DATA_DIR "the MSR-VTT annotation folder used for zero-shot evaluation" EVAL_VIDEO_DIR "the MSR-VTT videos")
+pretrain_corpus webvid "the pre-training annotation folder" "its videos"
+require_env "${needs[@]}"
 language=(--language "${LANGUAGE:-english}")
 if [ "${LANGUAGE:-english}" = chinese ]; then
   require_env TEXT_ENCODER "a local copy of hfl/chinese-roberta-wwm-ext (config, weights, vocab.txt)"

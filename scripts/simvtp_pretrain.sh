@@ -21,15 +21,11 @@
 #   NNODES=8 NODE_RANK=<0..7> MASTER_ADDR=<node 0's address> [MASTER_PORT=29500] NPROC=8 ... \
 #     bash scripts/simvtp_pretrain.sh
 source "$(dirname "$0")/common.sh"
-require_env EVAL_DATA_DIR "the MSR-VTT annotation folder used for zero-shot evaluation" \
-  EVAL_VIDEO_DIR "the MSR-VTT videos" VIDEOMAE_CKPT "VideoMAE's ViT-B K400 pre-training checkpoint (.pth or HF folder)" \
-  BERT_DIR "a local bert-base-uncased folder (vocab.txt, config.json, weights)"
-if [ -n "${SHARDS:-}" ]; then
-  corpus=(--datatype webdataset --train_shards "$SHARDS")
-else
-  require_env DATA_DIR "the pre-training annotation folder (or set SHARDS)" VIDEO_DIR "its videos"
-  corpus=(--datatype "${DATATYPE:-webvid}" --data_path "$DATA_DIR" --features_path "$VIDEO_DIR")
-fi
+needs=(EVAL_DATA_DIR "the MSR-VTT annotation folder used for zero-shot evaluation" EVAL_VIDEO_DIR "the MSR-VTT videos"
+       VIDEOMAE_CKPT "VideoMAE's ViT-B K400 pre-training checkpoint (.pth or HF folder)"
+       BERT_DIR "a local bert-base-uncased folder (vocab.txt, config.json, weights)")
+pretrain_corpus webvid "the pre-training annotation folder" "its videos"
+require_env "${needs[@]}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 flags=(--do_pretrain --config "$root/configs/simvtp_pretrain.yaml" "${corpus[@]}"
   --videomae_checkpoint "$VIDEOMAE_CKPT" --bert_path "$BERT_DIR"

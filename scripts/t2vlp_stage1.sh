@@ -14,12 +14,7 @@ needs=(EVAL_DATA_DIR "the MSR-VTT annotation folder used for zero-shot evaluatio
 if [ "$stage" = 2 ]; then
   needs+=(INIT_MODEL "the stage-1 checkpoint (model_final.pt of scripts/t2vlp_stage1.sh)")
 fi
-if [ -n "${SHARDS:-}" ]; then
-  corpus=(--datatype webdataset --train_shards "$SHARDS")
-else
-  needs+=(DATA_DIR "the folder with frozen_train_labels.json (or set SHARDS)" VIDEO_DIR "the WebVid videos")
-  corpus=(--datatype frozen --data_path "${DATA_DIR:-}" --features_path "${VIDEO_DIR:-}")
-fi
+pretrain_corpus frozen "the folder with frozen_train_labels.json" "the WebVid videos"
 require_env "${needs[@]}"
 init=()
 if [ "$stage" = 2 ]; then
