@@ -315,3 +315,87 @@ def test_do_eval_of_a_converted_checkpoint_equals_its_source_model(toy, tmp_path
     seed_file = save_as_seed(source, fmt, tmp_path / f"{fmt}.bin")
     got = evaluate(toy, tmp_path / "seed", *eval_flags, "--init_model", str(seed_file))  # flags from the weights
     assert got == expected
+
+
+# -- T2VLP (ViT-B/16; tests/fixtures/converters/t2vlp_vitb16.txt) ----------------------------------------------
+
+T2VLP_SEEDS = {  # sections, --t2vlp_stage given, the stage the weights then imply
+    "stage-1": ((), None, "1"),
+    "stage-2": (("fusion",), "2", "2"),
+    "downstream-retrieval": (("fusion",), None, "retrieval"),
+}
+
+
+def without_counters(keys):
+    return {k for k in keys if not k.startswith(("negatives.", "masker."))}  # draw counters T2VLP does not save
+
+
+@pytest.mark.parametrize("seed", list(T2VLP_SEEDS))
+def test_t2vlp_layout_recognised_implies_its_flags_and_fills_the_model_exactly(seed):
+    sections, given, stage = T2VLP_SEEDS[seed]
+    state = meta_state("t2vlp_vitb16.txt", *sections)
+    assert [c.name for share, c in detect(state) if share == 1.0] == ["t2vlp"]
+    args = parse(*(("--t2vlp_stage", given) if given else ()))
+    converter, conv, flags, complete = implied(state, args)
+    assert flags == {"pretrained_clip_name": "ViT-B/16", "image_resolution": 224, "method": "t2vlp",
+                     "t2vlp_stage": stage, "num_centers": 8, "joint_layers": 2} and complete
+    model = meta_model("t2vlp", "--t2vlp_stage", stage, arch="ViT-B/16")
+    plan = plan_load(model.state_dict(), conv, model.pretrain_only_prefixes)
+    assert plan.problems("t2vlp") == [] and plan.extra == [] and plan.clip_missing == [] and plan.head_missing == []
+    assert set(plan.tensors) == without_counters(model.state_dict())
+    assert shapes(converter.from_ours(model.state_dict())) == shapes(state)
+    dropped = {k for keys in conv.dropped.values() for k in keys}
+    assert "clip.local_visual.conv1.weight" in dropped and "clip.local_visual.ln_pre.bias" in dropped
+    if sections:
+        assert "clip.fusion_transformer.resblocks.11.ln_2.bias" in dropped and "visual_linear.weight" in dropped
+        assert "fusion.transformer.resblocks.5.ln_2.bias" in conv.state
+        assert "fusion.transformer.resblocks.6.ln_2.bias" not in conv.state
+
+
+T2VLP_MODELS = {
+    "stage-1": ("--method", "t2vlp"),
+    "stage-2": ("--method", "t2vlp", "--t2vlp_stage", "2", "--fusion_layers", "2"),
+    "downstream-retrieval": ("--method", "t2vlp", "--t2vlp_stage", "retrieval", "--fusion_layers", "2"),
+}
+
+
+@pytest.mark.parametrize("seed", list(T2VLP_MODELS))
+def test_t2vlp_random_weights_round_trip_is_exact(seed):
+    model = tiny(T2VLP_MODELS[seed])
+    ours = model.state_dict()
+    theirs = CONVERTERS["t2vlp"].from_ours(ours)
+    sections = T2VLP_SEEDS[seed][0]
+    assert normalised(theirs) == normalised(fixture_keys("t2vlp_vitb16.txt", *sections))
+    back = CONVERTERS["t2vlp"].to_ours(theirs)
+    assert back.unexplained == []
+    plan = plan_load(ours, back, model.pretrain_only_prefixes)
+    assert plan.problems(model.head_name) == [] and plan.tensors.keys() == without_counters(ours)
+    for key in plan.tensors:
+        assert torch.equal(plan.tensors[key], ours[key]) and plan.tensors[key].dtype == ours[key].dtype, key
+
+
+def test_t2vlp_file_loads_with_its_flags_inferred(tmp_path):
+    source = tiny(T2VLP_MODELS["downstream-retrieval"])
+    path = save_as_seed(source, "t2vlp", tmp_path / "pytorch_model.bin.4")
+    args = parse("--init_model", str(path))
+    loaded = build_model(args)
+    assert (args.method, args.t2vlp_stage, args.fusion_layers, args.joint_layers) == ("t2vlp", "retrieval", 2, 2)
+    for key, value in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("change", ["extra", "missing"])
+def test_t2vlp_leftover_on_either_side_is_one_line_naming_it(tmp_path, change):
+    theirs = CONVERTERS["t2vlp"].from_ours(tiny(T2VLP_MODELS["stage-1"]).state_dict())
+    key = "clip.local_visual.transformer.resblocks.1.ln_2.bias"
+    if change == "extra":
+        key = "clip.local_visual.extra_adapter.weight"
+        theirs[key] = torch.zeros(3)
+    else:
+        theirs.pop(key)
+    torch.save(theirs, tmp_path / "pytorch_model.bin.1")
+    with pytest.raises(CheckpointError) as error:
+        build_model(parse("--init_model", str(tmp_path / "pytorch_model.bin.1")))
+    message = str(error.value)
+    assert "\n" not in message and "not loaded" in message
+    assert (key if change == "extra" else "tube.local.resblocks.1.ln_2.bias") in message

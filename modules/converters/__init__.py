@@ -1,7 +1,7 @@
 """Checkpoint converters: the seed repositories' released weights load into this project's models.
 
 One module per layout registers a ``Converter`` (``base.py``): ``ours`` (this project, plain CLIP),
-``clip4clip``, ``dgl``, ``hmmc``. ``--init_format auto`` (the default) picks the layout by recognising the
+``clip4clip``, ``dgl``, ``hmmc``, ``t2vlp``. ``--init_format auto`` (the default) picks the layout by recognising the
 key set: every converter whose marker tensors are present converts the checkpoint, and the one that
 accounts for the largest share of its tensors wins (a tie is an error that asks for ``--init_format``).
 Adding a layout (T2VLP, SimVTP) is one module here that registers itself, plus its name in ``LAYOUTS``.
@@ -21,7 +21,7 @@ from modules.clip.loading import CheckpointError
 
 from .base import CONVERTERS, Conversion, Converter, ImpliedFlags, Layout, Reshape, register_converter
 
-LAYOUTS = ("ours", "clip4clip", "dgl", "hmmc")
+LAYOUTS = ("ours", "clip4clip", "dgl", "hmmc", "t2vlp")
 for _module in LAYOUTS:
     importlib.import_module(f"{__name__}.{_module}")
 
