@@ -80,8 +80,9 @@ def verify_split(args, split: str) -> dict[str, str]:
     backends = candidate_backends(getattr(args, "video_backend", "auto"), getattr(args, "lmdb_path", None))
     started = time.perf_counter()
     check = functools.partial(check_video, backends=backends)
-    bad = {path: reason for path, reason in run_parallel(check, paths, 0, f"verifying {parser.name} {split}")
-           if reason is not None}
+    # forkserver: this runs inside a training process whose threads (decoders, torch) make fork unsafe
+    bad = {path: reason for path, reason in run_parallel(check, paths, 0, f"verifying {parser.name} {split}",
+                                                         start_method="forkserver") if reason is not None}
     seconds = time.perf_counter() - started
     logging.getLogger("univtr").info("--verify_videos %s %s: %d videos probed in %.1f s (%.0f videos/s, all cores); "
                                      "%d unreadable", parser.name, split, len(paths), seconds,

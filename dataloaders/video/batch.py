@@ -41,8 +41,11 @@ def _quiet_worker():
     os.close(devnull)
 
 
-def run_parallel(fn: Callable, items: list, workers: int, desc: str, quiet: bool = True) -> Iterator:
-    """``fn(item)`` for every item, results in completion order, with a tqdm bar on stderr."""
+def run_parallel(fn: Callable, items: list, workers: int, desc: str, quiet: bool = True,
+                 start_method: str | None = None) -> Iterator:
+    """``fn(item)`` for every item, results in completion order, with a tqdm bar on stderr.
+    ``start_method="forkserver"`` from a long-lived multi-threaded process (a training run that has
+    decoded videos already): a plain fork there can copy a lock another thread holds and hang."""
     workers = max(1, min(int(workers or os.cpu_count() or 1), len(items) or 1))
     bar = tqdm(total=len(items), desc=desc, unit="video", file=sys.stderr, dynamic_ncols=True)
     try:
@@ -51,7 +54,8 @@ def run_parallel(fn: Callable, items: list, workers: int, desc: str, quiet: bool
                 yield fn(item)
                 bar.update()
         else:
-            with multiprocessing.Pool(workers, initializer=_quiet_worker if quiet else None) as pool:
+            context = multiprocessing.get_context(start_method)
+            with context.Pool(workers, initializer=_quiet_worker if quiet else None) as pool:
                 for result in pool.imap_unordered(fn, items, chunksize=1):
                     yield result
                     bar.update()
