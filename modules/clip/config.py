@@ -1,10 +1,11 @@
 """CLIP architectures as data: each JSON file in ``model_configs/`` is one architecture."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from modules.architectures import ArchitectureFiles
 
 CONFIG_DIR = Path(__file__).with_name("model_configs")
 
@@ -61,12 +62,8 @@ class CLIPConfig:
         return asdict(self)
 
 
-def canonical_name(name: str) -> str:
-    return _ALIASES.get(name, name)
-
-
-def list_architectures() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+ARCHITECTURES = ArchitectureFiles(CONFIG_DIR, _ALIASES, "CLIP")
+canonical_name, list_architectures = ARCHITECTURES.canonical, ARCHITECTURES.names
 
 
 def get_config(name_or_config: str | Mapping[str, Any] | CLIPConfig) -> CLIPConfig:
@@ -75,7 +72,4 @@ def get_config(name_or_config: str | Mapping[str, Any] | CLIPConfig) -> CLIPConf
         return name_or_config
     if isinstance(name_or_config, Mapping):
         return CLIPConfig.from_dict(name_or_config)
-    path = CONFIG_DIR / f"{canonical_name(name_or_config)}.json"
-    if not path.exists():
-        raise ValueError(f"unknown CLIP architecture {name_or_config!r}; known: {', '.join(list_architectures())}")
-    return CLIPConfig.from_dict(json.loads(path.read_text()))
+    return CLIPConfig.from_dict(ARCHITECTURES.read(name_or_config))

@@ -7,10 +7,11 @@ A file names the video side (tubelet Conv3d, fixed sin-cos positions, no CLS tok
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
+
+from modules.architectures import ArchitectureFiles
 
 CONFIG_DIR = Path(__file__).with_name("model_configs")
 _ALIASES = {"ViT-S/16": "ViT-S-16", "ViT-B/16": "ViT-B-16", "ViT-L/16": "ViT-L-16"}
@@ -81,16 +82,8 @@ class VideoMAEConfig:
         return asdict(self)
 
 
-def canonical_name(name: str) -> str:
-    return _ALIASES.get(name, name)
-
-
-def list_architectures() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
-
-
-def is_architecture(name: str | None) -> bool:
-    return bool(name) and (CONFIG_DIR / f"{canonical_name(str(name))}.json").exists()
+ARCHITECTURES = ArchitectureFiles(CONFIG_DIR, _ALIASES, "VideoMAE")
+canonical_name, list_architectures, is_architecture = ARCHITECTURES.canonical, ARCHITECTURES.names, ARCHITECTURES.exists
 
 
 def get_config(name_or_config: str | Mapping[str, Any] | VideoMAEConfig) -> VideoMAEConfig:
@@ -99,6 +92,4 @@ def get_config(name_or_config: str | Mapping[str, Any] | VideoMAEConfig) -> Vide
         return name_or_config
     if isinstance(name_or_config, Mapping):
         return VideoMAEConfig.from_dict(name_or_config)
-    if not is_architecture(name_or_config):
-        raise ValueError(f"unknown VideoMAE architecture {name_or_config!r}; known: {', '.join(list_architectures())}")
-    return VideoMAEConfig.from_dict(json.loads((CONFIG_DIR / f"{canonical_name(name_or_config)}.json").read_text()))
+    return VideoMAEConfig.from_dict(ARCHITECTURES.read(name_or_config))
