@@ -46,10 +46,25 @@ def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> DistEnv
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
+        global _OWN_GROUP
         timeout = datetime.timedelta(minutes=timeout_minutes)
         dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size, timeout=timeout,
                                 store=_restart_store(world_size, rank, timeout))
+        _OWN_GROUP = True
     return DistEnv(rank, world_size, local_rank, dev)
+
+
+_OWN_GROUP = False  # whether init_distributed created the default group (a test's own group is left alone)
+
+
+def close_distributed() -> None:
+    """Destroy the process group init_distributed created. Left to interpreter exit, gloo's worker threads
+    can be torn down unjoined ("terminate called without an active exception", SIGABRT after a finished
+    run: seen in CI on 2 ranks)."""
+    global _OWN_GROUP
+    if _OWN_GROUP and dist.is_initialized():
+        dist.destroy_process_group()
+    _OWN_GROUP = False
 
 
 def _restart_store(world_size: int, rank: int, timeout) -> "dist.Store | None":

@@ -20,13 +20,16 @@ import numpy as np
 import torch
 
 from engine import checkpoint as ckpt
-from engine.distributed import DistEnv, all_reduce_flag, barrier, broadcast_object, init_distributed
-from engine.evaluate import check_query_subsets, evaluate_split, qb_norm_inputs, to_device
+from engine.distributed import (DistEnv, all_reduce_flag, barrier, broadcast_object, close_distributed,
+                                init_distributed)
+from engine.evaluate import to_device
 from engine.step import StepContext
 from engine.optim import build_optimizer
 from engine.preemption import (Preempted, StopRequest, check_output_dir, check_resume_flags, fault_hooks,
                                resolve_resume)
-from engine.train_data import EpochSampler, build_split, build_train_data  # noqa: F401  (EpochSampler: public here too)
+from engine.perf import compile_model, configure_backends
+from engine.tasks import EvalContext, Task, get_task
+from engine.train_data import EpochSampler  # noqa: F401  (public here too)
 
 log = logging.getLogger("univtr")
 
@@ -163,7 +166,7 @@ class MetricsLog:
             return
         if result is not None:
             record["metrics"] = result.metrics
-            if result.incomplete:
+            if getattr(result, "incomplete", None):
                 record["incomplete"] = result.incomplete
         record = {"selection_rule": self.rule, "time": time.strftime("%Y-%m-%d %H:%M:%S"), **record}
         with open(self.path, "a") as f:
@@ -186,28 +189,25 @@ def log_run_header(args, env: DistEnv) -> None:
     log.info("world size %d, device %s, code version %s", env.world_size, env.device, ckpt.code_version())
 
 
-def check_before_work(args, rule, parser_has_val: bool) -> None:
-    """Flag combinations that could only fail after training, as one line before any work."""
-    if args.qb_norm and getattr(args, "do_pretrain", False):
-        raise ValueError("--qb_norm needs the evaluation benchmark's training captions and validation split: "
-                         "use it when fine-tuning or evaluating with main_task_retrieval.py")
-    if args.qb_norm and rule.split != "val" and not parser_has_val:
-        raise ValueError(f"--qb_norm chooses its beta and k on a validation split, and {args.datatype} has none: "
-                         "add --val_from_train N (hold out N training videos) or drop --qb_norm")
-
-
 def run(args) -> dict:
     """Train and/or evaluate as the flags say; returns the last metrics (rank 0) or {}."""
-    from dataloaders import SelectionRule, build_parser_for, selection_rule
-    from engine.options import evaluation_args
-    from modules import build_model
-    from modules.factory import count_parameters
-
     pretraining = getattr(args, "do_pretrain", False)
     training = args.do_train or pretraining
     if not (training or args.do_eval):
         raise ValueError("nothing to do: pass --do_train (--do_pretrain) and/or --do_eval")
     env = init_distributed(args.device)
+    try:
+        return _run(args, env, training, pretraining)
+    finally:
+        close_distributed()
+
+
+def _run(args, env: DistEnv, training: bool, pretraining: bool) -> dict:
+    from dataloaders import SelectionRule
+    from engine.options import evaluation_args
+    from modules.factory import count_parameters
+
+    task = get_task(args)
     if training and not args.output_dir:  # a multi-hour run must not save nothing
         args.output_dir = str(default_output_dir(args, env))
         if env.is_main:
@@ -221,41 +221,34 @@ def run(args) -> dict:
                              "another folder") from None
     setup_logging(output_dir, env)
     log_run_header(args, env)
+    configure_backends(args, env)
     seed_everything(args.seed, env.rank)
 
-    model = build_model(args).to(env.device)
+    model = task.build_model(args).to(env.device)
     if args.precision == "fp16_weights":
         convert_clip_to_fp16(model)
-    if args.compile:
-        model.clip.visual.compile()
-        model.clip.text.compile()
+    compile_model(model, args, env)
     eval_args = evaluation_args(args)
     if pretraining:
         rule = SelectionRule(None, "pretraining: zero-shot test retrieval after every epoch (no selection); "
                                    "the final weights are kept")
     else:
-        rule = selection_rule(args)
-    check_before_work(args, rule, build_parser_for(eval_args).has_split("val"))
+        rule = task.selection_rule(args)
     metrics_log = MetricsLog(output_dir, env, rule.description if training else "evaluation only",
                              tensorboard=getattr(args, "tensorboard", False))
     log.info("model %s: %s trainable / %s parameters; world size %d; device %s", model.head_name,
              f"{count_parameters(model, trainable_only=True):,}", f"{count_parameters(model):,}", env.world_size,
              env.device)
 
-    test_set = build_split(eval_args, "test", env, model.tokenizer())
+    test_set = task.build_split(eval_args, "test", env, model.tokenizer())
     log.info(test_set.describe())
     if training:
         if env.is_main and output_dir is not None:
             check_output_dir(output_dir, model)
         with StopRequest() as stop:  # SIGTERM / SIGUSR1: finish the step, checkpoint, exit 75
-            return train(model, args, env, rule, test_set, output_dir, metrics_log, stop)
-    qb_norm = None
-    if args.qb_norm:
-        qb_norm = qb_norm_inputs(model, args, env, build_split(args, "train", env, model.tokenizer()),
-                                 build_split(args, "val", env, model.tokenizer()))
-    check_query_subsets([test_set], args)
-    result = evaluate_split(model, test_set, args, env, args.precision if args.precision != "fp16_weights" else "fp32",
-                            qb_norm=qb_norm)
+            return train(model, args, env, rule, test_set, output_dir, metrics_log, stop, task)
+    task.check(args, rule, False, [test_set])
+    result = task.evaluate(model, test_set, args, env, EvalContext("eval", output_dir=output_dir))
     if result is None:
         return {}
     log.info("test, evaluation only of %s:\n%s", args.init_model or "the initial weights (no --init_model)",
@@ -265,13 +258,16 @@ def run(args) -> dict:
 
 
 def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, metrics_log: MetricsLog,
-          stop: StopRequest | None = None) -> dict:
-    data = build_train_data(args, env, tokenizer=model.tokenizer())
+          stop: StopRequest | None = None, task: Task | None = None) -> dict:
+    task = task or get_task(args)
+    data = task.build_train_data(args, env, tokenizer=model.tokenizer())
     train_set = getattr(data.dataset, "text_dataset", None) and data.dataset  # QB-Norm's bank (map-style data)
-    val_set = build_split(args, "val", env, model.tokenizer()) if rule.split == "val" or args.qb_norm else None
+    qb_norm = getattr(args, "qb_norm", False)
+    val_set = task.build_split(args, "val", env, model.tokenizer()) if rule.split == "val" or qb_norm else None
     if val_set is not None:
         log.info(val_set.describe())
-    check_query_subsets([s for s in (val_set if rule.split == "val" else None, test_set) if s is not None], args)
+    task.check(args, rule, True, [val_set if rule.split == "val" else None, test_set])
+    contexts = {role: EvalContext(role, train_set, val_set, output_dir) for role in ("epoch", "select", "report")}
     model.check_batch(args.batch_size)  # e.g. HMMC's queue length must be a multiple of the global batch
 
     optimizer, scheduler = build_optimizer(model, args, data.total_steps(args.epochs))
@@ -383,9 +379,10 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
         log.info("epoch %d/%d done: mean loss %.4f over %d steps (this run), lr %.3e", epoch + 1, args.epochs,
                  epoch_loss / max(epoch_steps, 1), epoch_steps, scheduler.get_last_lr()[-1])
         step_in_epoch = 0
-        best = _end_of_epoch(model, args, env, rule, epoch, train_set, val_set, test_set, output_dir, metrics_log, best)
+        best = _end_of_epoch(model, args, env, rule, epoch, task, contexts, val_set, test_set, output_dir, metrics_log,
+                             best)
         save_state(epoch + 1, 0)
-    return _final_report(model, args, env, rule, train_set, val_set, test_set, output_dir, metrics_log, best)
+    return _final_report(model, args, env, rule, task, contexts["report"], test_set, output_dir, metrics_log, best)
 
 
 def _progress(total: int, done: int, epoch: int, args, env: DistEnv):
@@ -399,26 +396,22 @@ def _progress(total: int, done: int, epoch: int, args, env: DistEnv):
                 mininterval=interval)
 
 
-def _end_of_epoch(model, args, env, rule, epoch, train_set, val_set, test_set, output_dir, metrics_log, best):
-    """Evaluate the split that drives selection (if any), with QB-Norm beside the raw numbers when
-    asked for, and keep the best weights (and, selecting on test, the best epoch's numbers)."""
+def _end_of_epoch(model, args, env, rule, epoch, task, contexts, val_set, test_set, output_dir, metrics_log, best):
+    """Evaluate the split that drives selection (if any) and keep the best weights (and, selecting on
+    test, the best epoch's numbers)."""
     if rule.split is None:
         if getattr(args, "eval_each_epoch", False) and epoch + 1 < args.epochs:  # the last one is the final report
-            result = evaluate_split(model, test_set, args, env)
+            result = task.evaluate(model, test_set, args, env, contexts["epoch"])
             if env.is_main:
                 log.info("epoch %d, test (no selection):\n%s", epoch + 1, result.table)
                 metrics_log.write(result, split="test", epoch=epoch + 1)
         return best
     selection_set = val_set if rule.split == "val" else test_set
-    if rule.split == "val":  # QB-Norm's beta and k are chosen on this very split
-        result = evaluate_split(model, selection_set, args, env, qb_norm_bank_set=train_set)
-    else:
-        result = evaluate_split(model, selection_set, args, env,
-                                qb_norm=qb_norm_inputs(model, args, env, train_set, val_set))
+    result = task.evaluate(model, selection_set, args, env, contexts["select"])
     if env.is_main:
         log.info("epoch %d, %s:\n%s", epoch + 1, rule.split, result.table)
         metrics_log.write(result, split=selection_set.split, epoch=epoch + 1)
-        score = result.metrics.get("t2v/R1", -math.inf)
+        score = result.metrics.get(task.score_key, -math.inf)
         if score > best["score"]:
             best = {"score": score, "epoch": epoch + 1, "metrics": result.metrics, "table": result.table}
             if output_dir is not None:
@@ -426,7 +419,7 @@ def _end_of_epoch(model, args, env, rule, epoch, train_set, val_set, test_set, o
     return best
 
 
-def _final_report(model, args, env, rule, train_set, val_set, test_set, output_dir, metrics_log, best) -> dict:
+def _final_report(model, args, env, rule, task, context, test_set, output_dir, metrics_log, best) -> dict:
     """Test numbers: of the selected epoch (val or, for parity, test), else of the final epoch."""
     if output_dir is not None and env.is_main:
         ckpt.save_model(output_dir / "model_final.pt", model, args, epoch=args.epochs)
@@ -442,8 +435,7 @@ def _final_report(model, args, env, rule, train_set, val_set, test_set, output_d
         chosen = f"epoch {state['epoch']} (best on val)"
     else:
         chosen = f"final epoch {args.epochs}"
-    qb_norm = qb_norm_inputs(model, args, env, train_set, val_set) if args.qb_norm else None
-    result = evaluate_split(model, test_set, args, env, qb_norm=qb_norm)
+    result = task.evaluate(model, test_set, args, env, context)
     if not env.is_main:
         return {}
     log.info("test, %s:\n%s", chosen, result.table)
