@@ -174,3 +174,12 @@ class RetrievalHead(nn.Module):
         frames = encoded.new_zeros(*video.shape[:2], encoded.shape[-1])
         frames[valid] = encoded
         return frames
+
+    def visual_tokens(self, video: Tensor, video_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The video as a token sequence for a fusion encoder or a caption decoder (captioning, QA):
+        [v̄ (masked mean of the frame features); f_1..f_T] (B, 1+T, D) and its 0/1 validity. Heads with
+        more to say (T2VLP's tube tokens) override it."""
+        frames = self.frame_features(video, video_mask)
+        ones = video_mask.new_ones(video_mask.shape[0], 1)
+        return torch.cat([masked_mean(frames, video_mask)[:, None], frames], dim=1), torch.cat([ones, video_mask], 1)
+

@@ -184,6 +184,11 @@ class T2VLP(RetrievalHead):
         ones = video_mask.new_ones(video_mask.shape[0], 1)
         return sequence, torch.cat([ones, video_mask, ones.expand(-1, tubes.shape[1])], dim=1)
 
+    def visual_tokens(self, video: Tensor, video_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """[v̄; f; u] (B, 1+T+K, D): T2VLP's visual part of the fusion input (captioning, QA)."""
+        _, frames, tubes = self._video(video, video_mask)
+        return self.visual_sequence(frames, tubes, video_mask)
+
     def _fuse(self, visual: Tensor, visual_valid: Tensor, words: Tensor, text_mask: Tensor,
               mask: Tensor | None = None) -> Tensor:
         x = torch.cat([visual, words.to(visual.dtype)], dim=1)
