@@ -35,7 +35,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--max_position_embeddings", type=int, default=128, help="frame positions of seqTransf")
     g.add_argument("--init_model", default=None,
                    help="initial weights: a UniVTR checkpoint, a CLIP file, or a seed's released model (CLIP4Clip or "
-                        "HMMC pytorch_model.bin.N, DGL ckpt.best.pth.tar); the flags its weights imply are inferred")
+                        "HMMC pytorch_model.bin.N, DGL ckpt.best.pth.tar, T2VLP's and SimVTP's .pth); the flags its "
+                        "weights imply are inferred")
     g.add_argument("--init_format", default="auto", choices=("auto", *list_formats()),
                    help="layout of --init_model (auto: recognised from its tensor names; see docs/reproduce.md)")
     g.add_argument("--grad_checkpointing", action="store_true")

@@ -1,10 +1,10 @@
 """Checkpoint converters: the seed repositories' released weights load into this project's models.
 
 One module per layout registers a ``Converter`` (``base.py``): ``ours`` (this project, plain CLIP),
-``clip4clip``, ``dgl``, ``hmmc``, ``t2vlp``. ``--init_format auto`` (the default) picks the layout by recognising the
-key set: every converter whose marker tensors are present converts the checkpoint, and the one that
-accounts for the largest share of its tensors wins (a tie is an error that asks for ``--init_format``).
-Adding a layout (T2VLP, SimVTP) is one module here that registers itself, plus its name in ``LAYOUTS``.
+``clip4clip``, ``dgl``, ``hmmc``, ``t2vlp``, ``simvtp``. ``--init_format auto`` (the default) picks the layout
+by recognising the key set: every converter whose marker tensors are present converts the checkpoint, and the
+one that accounts for the largest share of its tensors wins (a tie is an error that asks for ``--init_format``).
+Adding a layout is one module here that registers itself, plus its name in ``LAYOUTS``.
 
 ``checkpoint.py`` reads files (``state_dict``/``model`` wrappers, DDP ``module.`` prefixes, ``.pth.tar``,
 ``weights_only=True``) and loads a conversion into a model with every tensor accounted for;
@@ -21,7 +21,7 @@ from modules.clip.loading import CheckpointError
 
 from .base import CONVERTERS, Conversion, Converter, ImpliedFlags, Layout, Reshape, register_converter
 
-LAYOUTS = ("ours", "clip4clip", "dgl", "hmmc", "t2vlp")
+LAYOUTS = ("ours", "clip4clip", "dgl", "hmmc", "t2vlp", "simvtp")
 for _module in LAYOUTS:
     importlib.import_module(f"{__name__}.{_module}")
 

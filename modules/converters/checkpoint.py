@@ -33,8 +33,11 @@ _cache: dict[tuple, dict[str, Tensor]] = {}
 
 def _numpy_scalars():
     """Training scripts store numpy scalars beside the weights (best R@1, epoch): allowed under
-    weights_only (under numpy 1's and numpy 2's module names), as PyTorch's documentation suggests;
-    anything else still refuses to unpickle."""
+    weights_only (under numpy 1's and numpy 2's module names), as PyTorch's documentation suggests; so is
+    the run's ``argparse.Namespace``, which VideoMAE-derived scripts (SimVTP's) save as ``args``.
+    Anything else still refuses to unpickle."""
+    import argparse
+
     import numpy as np
 
     try:
@@ -43,7 +46,8 @@ def _numpy_scalars():
         from numpy.core.multiarray import scalar
     dtypes = [getattr(np.dtypes, n) for n in dir(getattr(np, "dtypes", None)) if n.endswith("DType")]
     return torch.serialization.safe_globals([(scalar, "numpy.core.multiarray.scalar"),
-                                             (scalar, "numpy._core.multiarray.scalar"), np.dtype, *dtypes])
+                                             (scalar, "numpy._core.multiarray.scalar"), np.dtype, *dtypes,
+                                             argparse.Namespace])
 
 
 def _key(path: Path) -> tuple:
@@ -125,7 +129,7 @@ class LoadPlan:
             out.append(f"{len(self.extra)} checkpoint tensors have no place in the {head} model being built (wrong "
                        f"--method or head flags?): {names(self.extra)}")
         if self.clip_missing:
-            out.append(f"{len(self.clip_missing)} CLIP tensors are not in the checkpoint and would keep their initial "
+            out.append(f"{len(self.clip_missing)} backbone tensors (clip.*) are not in the checkpoint and would keep their initial "
                        f"values: {names(self.clip_missing)}")
         if self.head_missing and self.head_in_file:
             out.append(f"{len(self.head_missing)} tensors of the {head} head being built are not in the checkpoint "
