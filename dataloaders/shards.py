@@ -253,8 +253,9 @@ class ShardDataset(IterableDataset):
         video, video_mask = self.video_loader(VideoBytes(sample.video, name), start=sample.meta.get("start"),
                                               end=sample.meta.get("end"), rng=rng)
         text_ids, text_mask = self.tokenize(caption)
+        fields = getattr(self.video_loader, "batch_fields", dict)()  # uint8 frames: normalised on the device
         return {"text_ids": text_ids, "text_mask": text_mask, "video": video, "video_mask": video_mask,
-                "sample_key": sample.key, "shard_index": sample.shard}
+                "sample_key": sample.key, "shard_index": sample.shard, **fields}
 
     def _note_broken(self, shard: int, key: str, reason: str, count: int = 1) -> None:
         self.broken_samples += count

@@ -59,7 +59,13 @@ def put_in_order(features: Features, indices: torch.Tensor, total: int) -> Featu
 
 
 def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """``batch`` on ``device``, for training and evaluation alike: tensors are copied without blocking
+    (asynchronously from pinned memory), then frames the workers handed over as uint8 or as JPEG files
+    are converted, normalised and zero-padded there (``dataloaders.video.transforms.finish_on_device``)."""
+    from dataloaders.video.transforms import finish_on_device
+
+    moved = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return finish_on_device(moved, device)
 
 
 @torch.no_grad()

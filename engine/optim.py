@@ -1,7 +1,7 @@
 """Optimiser and learning-rate schedule.
 
 Default: AdamW over the head's parameter groups (CLIP at lr x coef_lr, new modules at lr, no weight
-decay on biases and norms), linear warm-up then cosine to 0. ``--optim bertadam`` reproduces
+decay on biases and norms), linear warm-up then cosine to 0; its fused kernel on CUDA. ``--optim bertadam`` reproduces
 CLIP4Clip's BertAdam for parity: no bias correction, each parameter's gradient clipped to norm 1,
 decoupled weight decay, and its warm-up-cosine whose cosine is *not* re-normalised after warm-up.
 """
@@ -75,6 +75,16 @@ def add_optim_args(parser):
     return parser
 
 
+def adamw_implementation(groups, args) -> dict:
+    """AdamW's keyword for its implementation: ``fused=True`` (one kernel over all parameters) when every
+    parameter is on CUDA, unless ``--no_fused_adamw``; nothing elsewhere, so CPU runs keep torch's
+    default implementation."""
+    params = [p for group in groups for p in group["params"]]
+    if getattr(args, "no_fused_adamw", False) or not params or not all(p.is_cuda for p in params):
+        return {}
+    return {"fused": True}
+
+
 def build_optimizer(model, args, total_steps: int) -> tuple[Optimizer, LambdaLR]:
     groups = model.param_groups(args.lr, args.coef_lr, args.weight_decay)
     for group in groups:
@@ -86,7 +96,8 @@ def build_optimizer(model, args, total_steps: int) -> tuple[Optimizer, LambdaLR]
         optimizer = BertAdam(groups, lr=args.lr, betas=betas, eps=args.adam_eps, max_grad_norm=1.0)
         shape = clip4clip_warmup_cosine
     else:
-        optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=betas, eps=args.adam_eps)
+        optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=betas, eps=args.adam_eps,
+                                      **adamw_implementation(groups, args))
         shape = warmup_cosine
     total = max(1, total_steps)
     # Step k (0-based) trains at the rate for progress (k + 1) / total, so the first step is not wasted at lr 0.

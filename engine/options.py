@@ -149,6 +149,12 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return add(parser)
 
 
+def add_perf_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from engine.perf import add_perf_args as add
+
+    return add(parser)
+
+
 def add_pretrain_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """main_pretrain.py: the pre-training corpus is --datatype/--data_path (any registered dataset of
     (video, caption) pairs, or --datatype webdataset --train_shards); zero-shot retrieval is evaluated
@@ -229,7 +235,7 @@ def _did_you_mean(name: str, known: Sequence[str], prefix: str = "") -> str:
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description="Text-video retrieval with CLIP", allow_abbrev=False)
     for add in (add_run_args, add_data_args, add_video_args, add_selection_args, add_eval_args, add_model_args,
-                add_optim_args, add_train_args):
+                add_optim_args, add_train_args, add_perf_args):
         add(parser)
     return parser
 

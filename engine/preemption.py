@@ -32,6 +32,9 @@ RESUME_NEUTRAL_FLAGS = frozenset({
     "pretrained_dir", "lmdb_path", "eval_features_path", "do_eval", "dsl", "dsl_temperature", "qb_norm",
     "qb_norm_betas", "qb_norm_topk", "qb_norm_min_hits", "qb_norm_bank_size", "legacy_metrics", "eval_query_subset",
     "verify_videos", "tensorboard", "compile", "video_backend", "init_model",
+    # speed settings (engine.perf, the video loader's hand-over): the same computation, faster
+    "no_compile", "no_tf32", "no_fused_adamw", "pin_memory", "persistent_workers", "prefetch_factor", "loader_frames",
+    "jpeg_decode",
 })
 
 

@@ -14,9 +14,10 @@ import logging
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from engine.distributed import DistEnv, all_reduce_flag
+from engine.perf import loader_options
 
 log = logging.getLogger("univtr")
 
@@ -61,6 +62,38 @@ class EpochSampler(Sampler):
 
 
 
+class EpochKeys(Sampler):
+    """``sampler``'s indices as (epoch, index) keys, for :class:`EpochItems`."""
+
+    def __init__(self, sampler: EpochSampler):
+        self.sampler = sampler
+
+    def __iter__(self):
+        epoch = self.sampler.epoch
+        return ((epoch, index) for index in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class EpochItems(Dataset):
+    """``dataset`` read by (epoch, index) keys. Persistent DataLoader workers keep the copy of the
+    dataset they started with, so ``set_epoch`` in the main process would not reach them (every epoch
+    would draw epoch 0's captions and augmentation); the epoch travels with each index instead."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        if getattr(self.dataset, "epoch", None) != epoch:
+            self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
 class MapTrainData:
     """A map-style dataset in the order of :class:`EpochSampler`: a resumed run replays exactly."""
 
@@ -71,9 +104,9 @@ class MapTrainData:
             raise ValueError(f"--batch_size {args.batch_size} exceeds the {len(dataset)} training items")
         self.dataset = dataset
         self.sampler = EpochSampler(len(dataset), args.batch_size, env, args.gradient_accumulation_steps, args.seed)
-        self.loader = DataLoader(dataset, batch_size=self.sampler.micro, sampler=self.sampler,
-                                 num_workers=args.num_thread_reader, pin_memory=env.device.type == "cuda",
-                                 drop_last=False, persistent_workers=False)
+        self.loader = DataLoader(EpochItems(dataset), batch_size=self.sampler.micro, sampler=EpochKeys(self.sampler),
+                                 num_workers=args.num_thread_reader, drop_last=False,
+                                 **loader_options(args, env, args.num_thread_reader))
         self.steps_per_epoch = self.sampler.steps
         self.failures = DecodeFailureBudget(dataset, args.features_path)
         self._new_failures: set[int] = set()
@@ -120,8 +153,9 @@ class ShardTrainData:
         from torch.utils.data import DataLoader
 
         self.dataset, self.accumulation = dataset, args.gradient_accumulation_steps
+        # Not persistent: a worker's copy of the stream must see each epoch's set_epoch (shard order, skips).
         self.loader = DataLoader(dataset, batch_size=dataset.micro_batch, num_workers=dataset.num_workers,
-                                 pin_memory=env.device.type == "cuda", persistent_workers=False)
+                                 **loader_options(args, env, dataset.num_workers, persistent=False))
         self.progress = dataset.progress()
         dataset.set_epoch(0)
         self.steps_per_epoch = dataset.steps_per_epoch() // self.accumulation
@@ -193,7 +227,7 @@ def build_train_data(args, env: DistEnv, tokenizer=None):
         if not getattr(args, "train_shards", None):
             raise ValueError("--datatype webdataset needs --train_shards \"DIR/{000000..000099}.tar\" "
                              "(written by preprocess/make_shards.py)")
-        dataset = ShardDataset(args.train_shards, VideoClipLoader.from_args(args, train=True), max_words=args.max_words,
+        dataset = ShardDataset(args.train_shards, VideoClipLoader.from_args(args, train=True, device_side=True), max_words=args.max_words,
                                tokenizer=tokenizer, seed=args.seed, rank=env.rank, world_size=env.world_size,
                                shuffle_buffer=args.shuffle_buffer, micro_batch=args.batch_size // per_step,
                                num_workers=args.num_thread_reader)

@@ -1,8 +1,8 @@
 """Write real video files from numpy frames with Debian's ffmpeg (H.264 mp4 by default, any encoder
 on request), and tag a file with a display rotation as phones do.
 
-Used by the toy dataset generator, the codec table (benchmarks/codec_matrix.py) and the tests, which
-need real containers decoded by real decoders rather than mocked readers.
+Used by the toy dataset generator, the benchmarks (codec table, loading, end to end) and the tests,
+which need real containers decoded by real decoders rather than mocked readers.
 """
 from __future__ import annotations
 
@@ -62,6 +62,27 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float | Fraction = 25
         raise ValueError(f"H.264 yuv420p needs even sizes, got {shape[2]}x{shape[1]}")
     return encode_video(path, frames, fps, ["-c:v", "libx264", "-preset", "ultrafast", "-crf", str(crf),
                                             "-pix_fmt", "yuv420p", "-g", "12"], muxer="mp4")
+
+
+def make_clips(folder: Path, count: int, seconds: int, gop: int) -> list[Path]:
+    """``count`` clips like raw MSR-VTT (320x240, 30 fps, H.264 with a keyframe every ``gop`` frames) of
+    ``seconds`` each: ffmpeg's testsrc2 with temporal noise, so the encoder and decoders have real work,
+    and a different hue per clip. Existing files are kept (the benchmarks' cache)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    clips = []
+    for i in range(count):
+        path = folder / f"clip{i:03d}_{seconds}s_gop{gop}.mp4"
+        if not path.exists():
+            source = (f"testsrc2=size=320x240:rate=30:duration={seconds},"
+                      f"noise=alls=12:allf=t+u:all_seed={i + 1},hue=h={37 * i}")
+            tmp = path.with_name(path.name + ".part.mp4")
+            subprocess.run([ffmpeg_binary(), "-y", "-loglevel", "error", "-f", "lavfi", "-i", source,
+                            "-c:v", "libx264", "-preset", "veryfast", "-g", str(gop), "-pix_fmt", "yuv420p",
+                            str(tmp)], check=True)
+            tmp.replace(path)
+        clips.append(path)
+    return clips
 
 
 @functools.lru_cache(maxsize=None)

@@ -87,12 +87,7 @@ class Reader:
 
     def get(self, indices: Sequence[int]) -> np.ndarray:
         """Frames at ``indices`` (any order, repeats allowed) as uint8 (T, H, W, 3) RGB."""
-        indices = [int(i) for i in indices]
-        if not indices:
-            raise ValueError("no frame indices requested")
-        bad = [i for i in indices if not 0 <= i < self.num_frames]
-        if bad:
-            raise ValueError(f"frame index {bad[0]} outside 0..{self.num_frames - 1} for {self.path}")
+        indices = self._checked(indices)
         # Decode each distinct frame once, in file order, which is what decoders are fast at.
         wanted = sorted(set(indices))
         try:
@@ -105,6 +100,15 @@ class Reader:
             raise self.fail(f"decoder returned {len(frames)} frames for {len(wanted)} requested")
         position = {idx: k for k, idx in enumerate(wanted)}
         return np.stack([frames[position[i]] for i in indices])
+
+    def _checked(self, indices: Sequence[int]) -> list[int]:
+        indices = [int(i) for i in indices]
+        if not indices:
+            raise ValueError("no frame indices requested")
+        bad = [i for i in indices if not 0 <= i < self.num_frames]
+        if bad:
+            raise ValueError(f"frame index {bad[0]} outside 0..{self.num_frames - 1} for {self.path}")
+        return indices
 
     def _decode(self, wanted: list[int]):
         raise NotImplementedError
@@ -390,6 +394,11 @@ def open_lmdb(lmdb_path) -> "lmdb.Environment":  # noqa: F821
         if env is None:
             if not Path(lmdb_path).exists():
                 raise FileNotFoundError(f"LMDB not found at {lmdb_path}; build it with preprocess/frames_to_lmdb.py")
+            # A forked process (a DataLoader worker) inherits its parent's handle, which it must not use, and
+            # lmdb refuses to open the same files twice in one process: close the inherited copy first (that
+            # unmaps the child's mapping only; the parent's handle is untouched).
+            for inherited in [k for k in _LMDB_ENVS if k[0] == key[0] and k[1] != key[1]]:
+                _LMDB_ENVS.pop(inherited).close()
             env = lmdb.open(str(lmdb_path), readonly=True, lock=False, readahead=False, meminit=False,
                             max_readers=2048)
             _LMDB_ENVS[key] = env
@@ -436,6 +445,20 @@ class LMDBReader(Reader):
                 if image is None:
                     raise self.fail(f"stored frame {i} is missing or not a JPEG; re-extract this video")
                 out.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        return out
+
+    def get_encoded(self, indices: Sequence[int]) -> list[bytes]:
+        """The stored JPEG files of frames ``indices`` (any order, repeats allowed), not decoded
+        (``--jpeg_decode device``: the GPU decodes them)."""
+        from .jpeg_device import check_jpeg
+
+        out = []
+        with self._env.begin(buffers=True) as txn:
+            for i in self._checked(indices):
+                jpeg = check_jpeg(txn.get(lmdb_format.frame_key(self.video_id, i)))
+                if jpeg is None:
+                    raise self.fail(f"stored frame {i} is missing or not a JPEG; re-extract this video")
+                out.append(jpeg)
         return out
 
     def _size(self):

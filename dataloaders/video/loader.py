@@ -1,4 +1,6 @@
-"""VideoClipLoader: path -> (normalised frames, mask), index-first, with per-file backend fallback."""
+"""VideoClipLoader: path -> (normalised frames, mask), index-first, with per-file backend fallback.
+For the training engine's DataLoaders it hands over uint8 frames (or, ``--jpeg_decode device``, the
+stored JPEG files) instead, converted on the device by ``transforms.finish_on_device``."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +11,7 @@ import torch
 from .backends import VideoInfo, candidate_backends, check_file, codec_failure, open_reader
 from .errors import EmptyWindowError, VideoDecodeError, VideoNotFoundError
 from .sampling import MODES, sample_indices
-from .transforms import AugmentConfig, eval_transform, train_transform
+from .transforms import OUTPUTS, PIXELS_KEY, AugmentConfig, eval_plan, eval_transform, train_plan, train_transform
 
 
 def with_reader(path, backends: list[str], use, threads: int = 1, lmdb_path=None):
@@ -60,6 +62,11 @@ class VideoClipLoader:
 
     ``train_mode`` says whether the loader feeds training: it moves the ``stride`` window to a random
     position and lets ``train_augment`` apply. None means "training iff train_augment is set".
+
+    ``output="uint8"`` returns the frames as uint8 0..255 (padding 0) for normalisation on the device;
+    ``jpeg_decode="device"`` (lmdb backend, one view) returns the clip's stored JPEG files and its
+    transform as one ``bytes`` object (``jpeg_device.pack``) for decoding on the device. Either way the
+    dataset adds :meth:`batch_fields` to each item, which ``transforms.finish_on_device`` reads.
     """
 
     def __init__(self, max_frames: int = 12, image_size: int = 224, mode: str = "clip4clip",
@@ -67,9 +74,13 @@ class VideoClipLoader:
                  frame_order: int = 0, train_mode: bool | None = None, train_augment: bool = False,
                  lmdb_path=None, stride: int = 4, threads: int = 1,
                  augment: AugmentConfig = AugmentConfig(), normalize: str = "clip",
-                 test_views: tuple[int, int] = (1, 1)):
+                 test_views: tuple[int, int] = (1, 1), output: str = "float32", jpeg_decode: str = "cpu"):
         if mode not in MODES:
             raise ValueError(f"unknown sample mode {mode!r}; choose one of {', '.join(MODES)}")
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown frame output {output!r}; choose one of {', '.join(OUTPUTS)}")
+        if jpeg_decode not in ("cpu", "device"):
+            raise ValueError(f"unknown JPEG decoding {jpeg_decode!r}; choose cpu or device")
         if backend == "lmdb" and lmdb_path is None:
             raise ValueError("--video_backend lmdb needs --lmdb_path (build it with preprocess/frames_to_lmdb.py)")
         self.max_frames = int(max_frames)
@@ -86,13 +97,24 @@ class VideoClipLoader:
         # (views, max_frames, 3, S, S) clips, which the heads that accept views average (SimVTP).
         self.test_views = (1, 1) if self.train_mode else tuple(int(v) for v in test_views)
         self.threads = int(threads)
+        self.output = output
+        self.packed = jpeg_decode == "device" and self.backends == ["lmdb"] and self.test_views == (1, 1)
         self.sampling = dict(feature_framerate=int(feature_framerate), slice_framepos=int(slice_framepos),
                              frame_order=int(frame_order), stride=int(stride), train=self.train_mode)
 
     @classmethod
-    def from_args(cls, args, train: bool) -> "VideoClipLoader":
-        """The training or evaluation loader described by the flags of ``add_video_args``."""
+    def from_args(cls, args, train: bool, device_side: bool = False) -> "VideoClipLoader":
+        """The training or evaluation loader described by the flags of ``add_video_args``.
+        ``device_side``: its clips go through ``engine.evaluate.to_device`` (the engine's datasets), so
+        ``--loader_frames`` and ``--jpeg_decode`` apply; otherwise it returns normalised float32."""
+        from .jpeg_device import resolve_jpeg_decode
+
         get = lambda name, default: getattr(args, name, default)  # noqa: E731
+        views = (get("test_num_segment", 1), get("test_num_crop", 1))
+        lmdb = get("video_backend", "auto") == "lmdb" or (get("video_backend", "auto") == "auto"
+                                                           and get("lmdb_path", None) is not None)
+        jpeg = resolve_jpeg_decode(get("jpeg_decode", "cpu") if device_side else "cpu", get("device", "auto"), lmdb,
+                                   (1, 1) if train else views)
         return cls(
             max_frames=get("max_frames", 12),
             image_size=get("image_resolution", 224),
@@ -107,8 +129,16 @@ class VideoClipLoader:
             stride=get("frame_stride", 4),
             threads=get("decode_threads", 1),
             normalize=get("normalize", "clip"),
-            test_views=(get("test_num_segment", 1), get("test_num_crop", 1)),
+            test_views=views,
+            output=get("loader_frames", "uint8") if device_side else "float32",
+            jpeg_decode=jpeg,
         )
+
+    def batch_fields(self) -> dict:
+        """Fields a dataset adds to each item beside ``video``: how the frames were handed over."""
+        if self.packed:
+            return {PIXELS_KEY: f"jpeg/{self.statistics}"}
+        return {PIXELS_KEY: f"uint8/{self.statistics}"} if self.output == "uint8" else {}
 
     def indices(self, num_frames: int, fps: float, start=None, end=None, rng=None) -> list[int]:
         return sample_indices(num_frames, fps, self.max_frames, self.mode, start=start, end=end,
@@ -124,6 +154,8 @@ class VideoClipLoader:
             if not idx:
                 raise EmptyWindowError(path, f"no frames in the window start={start} end={end} s of a "
                                              f"{reader.num_frames}-frame {reader.fps:g} fps video")
+            if self.packed:  # the JPEG files as stored, decoded later on the device
+                return reader.get_encoded(idx), reader.info()
             if self.test_views != (1, 1):
                 windows = self._segments(idx, reader.num_frames, reader.fps, start, end)
                 wanted = sorted({i for window in windows for i in window})
@@ -132,24 +164,39 @@ class VideoClipLoader:
             return reader.get(idx)
 
         frames = with_reader(path, self.backends, load, self.threads, self.lmdb_path)
+        if self.packed:
+            return self._packed(*frames, rng)
         if self.test_views != (1, 1):
             crops = self.test_views[1]
             views = [self._padded(eval_transform(window, self.image_size, self.statistics, k / max(1, crops - 1)
-                                                 if crops > 1 else 0.5)) for window in frames for k in range(crops)]
+                                                 if crops > 1 else 0.5, self.output))
+                     for window in frames for k in range(crops)]
             return torch.stack([v for v, _ in views]), torch.stack([m for _, m in views])
         if self.train_augment:
-            clip = train_transform(frames, self.image_size, rng, self.augment, self.statistics)
+            clip = train_transform(frames, self.image_size, rng, self.augment, self.statistics, self.output)
         else:
-            clip = eval_transform(frames, self.image_size, self.statistics)
+            clip = eval_transform(frames, self.image_size, self.statistics, output=self.output)
         return self._padded(clip)
+
+    def _packed(self, jpegs: list[bytes], info, rng):
+        """The stored JPEG files and the clip's plan, drawn as the transforms draw it, as one bytes blob."""
+        from .jpeg_device import pack
+
+        size = self.image_size
+        plan = (train_plan(info.height, info.width, size, rng, self.augment) if self.train_augment
+                else eval_plan(info.height, info.width, size))
+        return pack(jpegs, plan), self._mask(len(jpegs))
+
+    def _mask(self, count: int) -> torch.Tensor:
+        mask = torch.zeros(self.max_frames, dtype=torch.long)
+        mask[:count] = 1
+        return mask
 
     def _padded(self, clip):
         # Zeros only pad a short clip up to max_frames (mask 0 there); a failed decode raised above.
-        video = torch.zeros(self.max_frames, 3, self.image_size, self.image_size, dtype=torch.float32)
-        mask = torch.zeros(self.max_frames, dtype=torch.long)
+        video = torch.zeros(self.max_frames, 3, self.image_size, self.image_size, dtype=clip.dtype)
         video[:len(clip)] = clip
-        mask[:len(clip)] = 1
-        return video, mask
+        return video, self._mask(len(clip))
 
     def _segments(self, idx: list[int], num_frames: int, fps: float, start, end) -> list[list[int]]:
         """The sampled pattern ``idx`` moved to ``test_num_segment`` evenly spaced places in the window
@@ -202,4 +249,10 @@ def add_video_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="evaluation views: temporal segments per video, averaged by the model (SimVTP: 3; heads that "
              "accept views only)")
     add("--test_num_crop", type=int, default=1, help="evaluation views: spatial crops along the long side (SimVTP: 3)")
+    add("--loader_frames", default="uint8", choices=list(OUTPUTS),
+        help="what DataLoader workers hand to the training/evaluation step: uint8 frames, converted and "
+             "normalised on the device (a quarter of the bytes), or float32 frames normalised in the workers")
+    add("--jpeg_decode", default="cpu", choices=["cpu", "device"],
+        help="frame LMDB: decode its JPEG frames in the workers (cpu), or on the GPU a batch at a time "
+             "(device: nvJPEG through torchvision; falls back to the workers without CUDA)")
     return parser

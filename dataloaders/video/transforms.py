@@ -3,6 +3,12 @@
 Evaluation follows CLIP's preprocessing (bicubic resize of the short side, centre crop, mean/std) but
 runs once per clip instead of once per frame through PIL. Training augmentation draws its parameters
 once per clip, so every frame of a clip gets the same crop, flip and colour change.
+
+Each transform is a :class:`ClipPlan` (crop, resize, flip, colour factors), drawn from the frame size
+and the clip's random generator, then applied; the last step is either CLIP's normalisation to float32
+or, with ``output="uint8"``, rounding to uint8. DataLoader workers of the training engine hand over
+uint8 frames (a quarter of float32's bytes) and :func:`finish_on_device` converts and normalises them
+on the device, inside ``engine.evaluate.to_device``; the batch's ``video_pixels`` field says which.
 """
 from __future__ import annotations
 
@@ -16,6 +22,8 @@ import torch.nn.functional as F
 from modules.components.pixels import PIXEL_STATISTICS as STATISTICS  # (CLIP's; ImageNet's for SimVTP)
 
 CLIP_MEAN, CLIP_STD = STATISTICS["clip"]
+OUTPUTS = ("float32", "uint8")  # what a transform returns: normalised frames, or 0..255 frames to normalise later
+PIXELS_KEY = "video_pixels"  # batch field: "uint8/<statistics>" or "jpeg/<statistics>"; absent for float32 frames
 
 
 def to_uint8_batch(frames) -> torch.Tensor:
@@ -38,7 +46,16 @@ def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """
     if tuple(x.shape[-2:]) == (height, width):
         return x
+    if x.device.type != "cpu":  # the uint8 antialiased kernel is CPU-only
+        return resize_through_float(x, height, width)
     return F.interpolate(x.contiguous(), size=(height, width), mode="bicubic", align_corners=False, antialias=True)
+
+
+def resize_through_float(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """:func:`_resize` through float32 and back to uint8 (rounded), for devices without the uint8
+    kernel; within one grey level of it."""
+    y = F.interpolate(x.float(), size=(height, width), mode="bicubic", align_corners=False, antialias=True)
+    return y.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def short_side_size(height: int, width: int, size: int) -> tuple[int, int]:
@@ -52,20 +69,74 @@ def normalize(x: torch.Tensor, statistics: str = "clip") -> torch.Tensor:
     """0..255 (T, 3, H, W), uint8 or float -> float32 normalised with CLIP's (or ImageNet's) mean/std."""
     x = x.float()
     mean, std = STATISTICS[statistics]
-    mean = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1) * 255
-    std = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1) * 255
+    mean = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) * 255
     return x.sub_(mean).div_(std)
 
 
-def eval_transform(frames, size: int, statistics: str = "clip", crop: float = 0.5) -> torch.Tensor:
-    """CLIP's test preprocessing on a whole clip: uint8 (T, H, W, 3) -> float32 (T, 3, size, size).
-    ``crop`` places the square along the long side: 0 left/top, 0.5 centre, 1 right/bottom."""
+def finish(x: torch.Tensor, statistics: str = "clip", output: str = "float32") -> torch.Tensor:
+    """The last step of a transform: normalised float32, or 0..255 values rounded to uint8."""
+    if output == "uint8":
+        return x if x.dtype == torch.uint8 else x.round().clamp_(0, 255).to(torch.uint8)
+    if output != "float32":
+        raise ValueError(f"unknown frame output {output!r}; choose one of {', '.join(OUTPUTS)}")
+    return normalize(x, statistics)
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """How one clip becomes (T, 3, size, size): the ``box`` (top, left, height, width) of the source
+    frames is resized to ``resized`` (h, w), the ``size`` square at ``offset`` (top, left) of that is
+    kept, then flipped (``flip``) and colour-jittered (``jitter`` = brightness, contrast, saturation
+    factors). It depends on the frame size and the clip's random draws only, so a worker can draw it
+    and the device apply it (``--jpeg_decode device``)."""
+
+    box: tuple[int, int, int, int]
+    resized: tuple[int, int]
+    offset: tuple[int, int]
+    size: int
+    flip: bool = False
+    jitter: tuple[float, float, float] | None = None
+
+    def to_list(self) -> list[float]:
+        return [*self.box, *self.resized, *self.offset, self.size, float(self.flip),
+                *(self.jitter if self.jitter is not None else (float("nan"),) * 3)]
+
+    @classmethod
+    def from_list(cls, values) -> "ClipPlan":
+        v = [float(x) for x in values]
+        ints = [int(x) for x in v[:9]]
+        jitter = None if math.isnan(v[10]) else (v[10], v[11], v[12])
+        return cls(tuple(ints[0:4]), tuple(ints[4:6]), tuple(ints[6:8]), ints[8], bool(v[9]), jitter)
+
+
+def eval_plan(height: int, width: int, size: int, crop: float = 0.5) -> ClipPlan:
+    """CLIP's test preprocessing: short side resized to ``size``, then the square at ``crop`` along the
+    long side (0 left/top, 0.5 centre, 1 right/bottom)."""
+    h, w = short_side_size(height, width, size)
+    return ClipPlan((0, 0, height, width), (h, w), (int(round((h - size) * crop)), int(round((w - size) * crop))), size)
+
+
+def apply_plan(x: torch.Tensor, plan: ClipPlan, statistics: str = "clip", output: str = "float32") -> torch.Tensor:
+    """uint8 (T, 3, H, W), on any device -> the clip ``plan`` describes (see :func:`finish`)."""
+    top, left, height, width = plan.box
+    x = _resize(x[:, :, top:top + height, left:left + width], *plan.resized)
+    top, left = plan.offset
+    x = x[:, :, top:top + plan.size, left:left + plan.size]
+    if plan.flip:
+        x = x.flip(-1)
+    if plan.jitter is not None:
+        x = _jitter(x.float(), *plan.jitter)
+    return finish(x, statistics, output)
+
+
+def eval_transform(frames, size: int, statistics: str = "clip", crop: float = 0.5,
+                   output: str = "float32") -> torch.Tensor:
+    """CLIP's test preprocessing on a whole clip: uint8 (T, H, W, 3) -> float32 (T, 3, size, size)
+    (uint8 with ``output="uint8"``). ``crop`` places the square along the long side: 0 left/top,
+    0.5 centre, 1 right/bottom."""
     x = to_uint8_batch(frames)
-    h, w = short_side_size(x.shape[-2], x.shape[-1], size)
-    x = _resize(x, h, w)
-    top = int(round((h - size) * crop))
-    left = int(round((w - size) * crop))
-    return normalize(x[:, :, top:top + size, left:left + size], statistics)
+    return apply_plan(x, eval_plan(x.shape[-2], x.shape[-1], size, crop), statistics, output)
 
 
 @dataclass(frozen=True)
@@ -107,22 +178,61 @@ def _grey(x: torch.Tensor) -> torch.Tensor:
     return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
 
 
-def train_transform(frames, size: int, rng: np.random.Generator,
-                    config: AugmentConfig = AugmentConfig(), statistics: str = "clip") -> torch.Tensor:
-    """Random resized crop, horizontal flip and colour jitter, drawn once and applied to every frame."""
-    x = to_uint8_batch(frames)
-    top, left, h, w = sample_crop(x.shape[-2], x.shape[-1], rng, config.scale, config.ratio)
-    x = _resize(x[:, :, top:top + h, left:left + w], size, size)
-    if rng.uniform() < config.flip_p:
-        x = x.flip(-1)
-    x = x.float()
+def train_plan(height: int, width: int, size: int, rng: np.random.Generator,
+               config: AugmentConfig = AugmentConfig()) -> ClipPlan:
+    """Random resized crop, horizontal flip and colour jitter, drawn once for the whole clip."""
+    top, left, h, w = sample_crop(height, width, rng, config.scale, config.ratio)
+    flip = bool(rng.uniform() < config.flip_p)
     # Colour jitter in a fixed order; each factor is one draw shared by the clip.
-    factors = [rng.uniform(max(0.0, 1 - s), 1 + s) for s in (config.brightness, config.contrast, config.saturation)]
-    b, c, s = factors
+    jitter = tuple(float(rng.uniform(max(0.0, 1 - s), 1 + s))
+                   for s in (config.brightness, config.contrast, config.saturation))
+    return ClipPlan((top, left, h, w), (size, size), (0, 0), size, flip, jitter)
+
+
+def _jitter(x: torch.Tensor, b: float, c: float, s: float) -> torch.Tensor:
     x = (x * b).clamp_(0, 255)
     # One contrast pivot for the whole clip, so every frame gets the same affine colour map.
     mean = _grey(x).mean()
     x = (mean + c * (x - mean)).clamp_(0, 255)
     grey = _grey(x)
-    x = (grey + s * (x - grey)).clamp_(0, 255)
-    return normalize(x, statistics)
+    return (grey + s * (x - grey)).clamp_(0, 255)
+
+
+def train_transform(frames, size: int, rng: np.random.Generator, config: AugmentConfig = AugmentConfig(),
+                    statistics: str = "clip", output: str = "float32") -> torch.Tensor:
+    """Random resized crop, horizontal flip and colour jitter, drawn once and applied to every frame.
+    With ``output="uint8"`` the jittered values are rounded (at most half a grey level)."""
+    x = to_uint8_batch(frames)
+    return apply_plan(x, train_plan(x.shape[-2], x.shape[-1], size, rng, config), statistics, output)
+
+
+# ----------------------------------------------------------------------------------------------------
+# On the device: what the workers handed over -> the model's input
+
+
+def normalize_frames(video: torch.Tensor, video_mask: torch.Tensor, statistics: str = "clip") -> torch.Tensor:
+    """uint8 frames (..., T, 3, H, W) as workers hand them over -> float32 normalised, on their device;
+    padded frames (``video_mask`` 0) are exactly 0, as in frames normalised by the worker."""
+    return normalize(video, statistics).masked_fill_(video_mask[..., None, None, None] == 0, 0)
+
+
+def finish_on_device(batch: dict, device) -> dict:
+    """A collated batch already on ``device``: frames handed over as uint8 or as JPEG (its
+    ``video_pixels`` field) become float32 normalised frames there; other batches are returned as they
+    are. Called by ``engine.evaluate.to_device`` for training and evaluation alike."""
+    tags = batch.pop(PIXELS_KEY, None)
+    if tags is None:
+        return batch
+    tags = {tags} if isinstance(tags, str) else set(tags)
+    if len(tags) != 1:
+        raise ValueError(f"one batch mixes frame formats {sorted(tags)}")
+    kind, _, statistics = next(iter(tags)).partition("/")
+    if kind == "uint8":
+        batch["video"] = normalize_frames(batch["video"], batch["video_mask"], statistics)
+    elif kind == "jpeg":
+        from .jpeg_device import decode_clips
+
+        batch["video"] = decode_clips(batch["video"], batch["video_mask"], device, statistics)
+    else:
+        raise ValueError(f"unknown frame format {kind!r} in the batch's {PIXELS_KEY}")
+    return batch
