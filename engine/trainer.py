@@ -276,8 +276,10 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
     if env.distributed:
         # No buffer broadcast: every rank updates a head's buffers (queues, ...) identically from gathered
         # features, so re-sending rank 0's (50 MB of HMMC queues at B/32) every step would only cost time.
+        # A task model whose step leaves parts of its head unused (QA) says so: DDP then skips their gradients.
         ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[env.device.index] if env.device.type == "cuda" else None, broadcast_buffers=False)
+            model, device_ids=[env.device.index] if env.device.type == "cuda" else None, broadcast_buffers=False,
+            find_unused_parameters=getattr(model, "ddp_find_unused_parameters", False))
 
     start_epoch, step, step_in_epoch, best = 0, 0, 0, {"score": -math.inf, "epoch": None, "metrics": {}, "table": ""}
     nonfinite = 0

@@ -22,6 +22,8 @@ log = logging.getLogger("univtr")
 
 class TaskModel(nn.Module):
     task_name = "task"  # the task's checkpoints carry head = "<task_name>/<method head>"
+    # Flags of the task's own modules (decoder depth, answer head) that a checkpoint of this task restores.
+    recorded_flags: tuple[str, ...] = ()
 
     def __init__(self, head: nn.Module, args=None):
         super().__init__()
@@ -87,6 +89,11 @@ def build_task_model(args, make: "type[TaskModel]", **kwargs) -> TaskModel:
     record = read_model_record(init) if init else None
     own = record is not None and str(record.get("head", "")).startswith(make.task_name + "/")
     if own:
+        for flag in make.recorded_flags:  # the checkpoint rebuilds its own task modules
+            recorded = record.get("args", {}).get(flag)
+            if recorded is not None and recorded != getattr(args, flag, None):
+                log.info("--%s %s restored from %s", flag, recorded, init)
+                setattr(args, flag, recorded)
         args.init_model = None  # the head is built bare; the whole model's weights follow
     try:
         model = make(build_model(args), args, **kwargs)

@@ -77,3 +77,22 @@ clip4clip_recipe() {
     --freeze_layer_num 0 --linear_patch 2d --sim_header "${SIM_HEADER:-meanP}" --loose_type \
     --pretrained_clip_name "${CLIP_NAME:-ViT-B/32}" --n_display 50 --num_thread_reader "${WORKERS:-8}" "$@"
 }
+
+# Question answering with main_task_qa.py, T2VLP's MSRVTT-QA recipe (team spec §3.6): 5 epochs, global batch 32,
+# lr 2e-4 (new modules and the fusion encoder), CLIP at 2e-4 x 1e-3, warm-up 10%, 12 frames, 32 words, ViT-B/16,
+# the T2VLP head at stage 2 (its fusion encoder and vocabulary head; a stage-2 checkpoint in INIT_MODEL).
+# QA_HEAD=first_token is T2VLP's parity head, trained as T2VLP does with L_sim (--qa_retrieval_weight 1);
+# the default classifier trains on the answer CE alone. METHOD, CLIP_NAME, INIT_MODEL, WORKERS optional.
+# Usage: qa_recipe DATATYPE OUTPUT_NAME [more flags]
+qa_recipe() {
+  local datatype="$1" name="$2" head="${QA_HEAD:-classifier}"
+  shift 2
+  local parity=()
+  if [ "$head" = first_token ]; then parity=(--qa_retrieval_weight 1); fi
+  ENTRY=main_task_qa.py launch --do_train --datatype "$datatype" --data_path "$DATA_DIR" --features_path "$VIDEO_DIR" \
+    --output_dir "${OUTPUT_DIR:-ckpts/$name}" --method "${METHOD:-t2vlp}" --t2vlp_stage 2 \
+    --pretrained_clip_name "${CLIP_NAME:-ViT-B/16}" --epochs 5 --batch_size 32 --batch_size_val 32 --lr 2e-4 \
+    --coef_lr 1e-3 --warmup_proportion 0.1 --max_words 32 --max_frames 12 --feature_framerate 1 --slice_framepos 2 \
+    --freeze_layer_num 0 --qa_head "$head" ${parity[@]+"${parity[@]}"} --n_display 50 \
+    --num_thread_reader "${WORKERS:-4}" ${INIT_MODEL:+--init_model "$INIT_MODEL"} "$@"
+}

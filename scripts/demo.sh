@@ -22,9 +22,7 @@ started=$(date +%s)
 
 # 1. The toy dataset: generated when absent, completed when partial, checked against its parameters.
 # A folder made with other values stops the demo with one line naming DATA_DIR.
-"$PYTHON" -m preprocess.make_toy_dataset --output_dir "$DATA_DIR" --seed "${TOY_SEED:-0}" \
-  --num_train "${NUM_TRAIN:-600}" --num_test "${NUM_TEST:-100}" --seconds "${TOY_SECONDS:-2.4}" \
-  --other_folder_hint "set DATA_DIR=another/folder"
+make_toy_data
 
 # 2. Train and evaluate (configs/demo.yaml; SIM_HEADER and the command line override it).
 mkdir -p "$OUTPUT_DIR"

@@ -51,7 +51,7 @@ def write_csv(path: Path, header, rows):
 
 def test_registry_lists_every_benchmark():
     assert set(list_datasets()) == {"msrvtt", "msvd", "lsmdc", "didemo", "activitynet", "vatex", "webvid", "csv", "jsonl",
-                                    "activity", "chvtt", "webdataset", "frozen"}
+                                    "activity", "chvtt", "webdataset", "frozen", "msrvtt_qa", "msvd_qa"}
 
 
 def test_clip4clip_datatype_alias_resolves_to_the_same_parser():

@@ -43,6 +43,11 @@ class AnnotationParser:
     def records(self, split: str) -> list[VideoRecord]:
         raise NotImplementedError
 
+    def reference_captions(self, split: str, records: list[VideoRecord]) -> list[list[str]]:
+        """Every reference caption of each record's video, for captioning metrics: the split's own captions
+        unless a benchmark's retrieval split lists fewer (MSR-VTT 1k-A)."""
+        return [list(r.captions) for r in records]
+
     # helpers -------------------------------------------------------------------------------------
     def error(self, message: str) -> DataError:
         return DataError(f"{self.name}: {message}")

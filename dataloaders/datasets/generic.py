@@ -3,7 +3,8 @@
 Files come from --train_csv / --val_csv / --test_csv, or default to ``train.csv`` / ``val.csv`` /
 ``test.csv`` (``.jsonl`` for --datatype jsonl) in --data_path. Relative video paths are taken under
 --features_path (default: the annotation file's folder). Rows with the same video_path, start and
-end form one video with several captions; in JSON lines ``caption`` may also be a list."""
+end form one video with several captions; in JSON lines ``caption`` may also be a list, and
+``{"video": ..., "captions": [...]}`` (a captioning set's layout) reads as video_path and caption."""
 from __future__ import annotations
 
 import csv
@@ -97,11 +98,15 @@ class CSVParser(TableParser):
                 yield reader.line_num, row
 
 
+KEY_ALIASES = {"video": "video_path", "captions": "caption"}
+
+
 @register_dataset("jsonl")
 class JSONLParser(TableParser):
     suffix = ".jsonl"
-    expected_files = ("train.jsonl, val.jsonl, test.jsonl (one object per line with video_path, caption[, start, end]) "
-                      "or --train_csv/--val_csv/--test_csv")
+    expected_files = ("train.jsonl, val.jsonl, test.jsonl (one object per line with video_path, caption[, start, end], "
+                      "or video, captions: a list) or --train_csv/--val_csv/--test_csv")
 
     def rows(self, path: Path) -> Iterator[tuple[int, dict]]:
-        return self.json_lines(path)
+        for line, row in self.json_lines(path):  # {video, captions} (captioning sets) reads as {video_path, caption}
+            yield line, {KEY_ALIASES.get(key, key): value for key, value in row.items()}

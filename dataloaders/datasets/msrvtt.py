@@ -85,6 +85,18 @@ class MSRVTTParser(AnnotationParser):
                              f"(first: {', '.join(without[:5])}); are the csv and the json from the same release?")
         return [self.record(row["video_id"], captions[row["video_id"]]) for row in rows]
 
+    def reference_captions(self, split: str, records: list[VideoRecord]) -> list[list[str]]:
+        """1k-A test lists one caption per video (MSRVTT_JSFUSION_test.csv); captioning is scored on all 20 of
+        MSRVTT_data.json."""
+        if self.protocol == "full" or split != "test":
+            return super().reference_captions(split, records)
+        captions = group_captions(self.annotations()["sentences"], "video_id", "caption")
+        without = [r.video_id for r in records if r.video_id not in captions]
+        if without:
+            raise self.error(f"{len(without)} test videos have no sentence in {self.json_path} (first: "
+                             f"{', '.join(without[:5])}); captioning needs every reference caption from it")
+        return [captions[r.video_id] for r in records]
+
     def full_split(self, split: str) -> list[VideoRecord]:
         data = self.annotations()
         if not data.get("videos") or "split" not in data["videos"][0]:

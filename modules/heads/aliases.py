@@ -101,6 +101,29 @@ SIMVTP_FLAGS: dict[str, tuple[str, Rewrite]] = {
 SIMVTP_SWITCHES = {"--only_test": "--do_eval", "--dist_eval": None, "--enable_deepspeed": None}  # None: dropped
 SIMVTP_IMPLIED = ("--mask_ratio", "--mask_type", "--sampling_rate", "--finetune", "--decoder_depth", "--only_test")
 
+# T2VLP's main_task_qa_msrvtt.py (main_task_qa.py passes this table): its QA files and videos; the retrieval
+# and WebVid files it also names are not read by question answering, so they are dropped.
+T2VLP_QA_FLAGS: dict[str, tuple[str, Rewrite]] = {
+    "--msrvtt_qa_train_json": ("--qa_train_json", str),
+    "--msrvtt_qa_val_json": ("--qa_val_json", str),
+    "--msrvtt_qa_test_json": ("--qa_test_json", str),
+    "--msrvtt_qa_anslabel_json": ("--qa_ans2label_json", str),
+    "--msrvtt_features_path": ("--features_path", str),
+    **{flag: ("", lambda v: None) for flag in ("--msrvtt_train_csv", "--msrvtt_val_csv", "--msrvtt_train_json",
+                                               "--webvid_train_json", "--webvid_tfrecord")},
+}
+
+
+def t2vlp_qa_command(tokens: Sequence[str]) -> list[str]:
+    """T2VLP's QA command fine-tunes its stage-2 model: the head is built at stage 2 (its fusion encoder and
+    vocabulary head are reused), the fusion modules at --lr (T2VLP's QA script fixes no other rate)."""
+    tokens, values = list(tokens), _flag_values(tokens)
+    if "--method" in values or not set(values) & set(T2VLP_IMPLIED) or "--t2vlp_stage" in values:
+        return tokens
+    return tokens + ["--t2vlp_stage", "2"] + (["--fusion_lr", values["--lr"]]
+                                              if "--lr" in values and "--fusion_lr" not in values else [])
+
+
 SEED_FLAGS: dict[str, tuple[str, Rewrite]] = {**UMP_FLAGS, **HMMC_FLAGS, **T2VLP_FLAGS, **SIMVTP_FLAGS}
 SEED_SWITCHES: dict[str, str | None] = {**SIMVTP_SWITCHES}  # flags without a value
 IMPLIED_METHODS: dict[str, Sequence[str]] = {"hmmc": HMMC_IMPLIED, "t2vlp": T2VLP_IMPLIED, "simvtp": SIMVTP_IMPLIED}
@@ -153,7 +176,9 @@ def t2vlp_command(tokens: Sequence[str]) -> list[str]:
     return out + ["--datatype", "frozen", "--eval_data_path", str(evaluation)] + extra
 
 
-def apply_flag_aliases(argv: Sequence[str]) -> list[str]:
+def apply_flag_aliases(argv: Sequence[str], extra: dict[str, tuple[str, Rewrite]] | None = None) -> list[str]:
+    """``argv`` with the seeds' flags rewritten onto ours (``extra``: an entry script's own table)."""
+    table = {**SEED_FLAGS, **(extra or {})}
     out: list[str] = []
     tokens = list(argv)
     flags = {token.partition("=")[0] for token in tokens}
@@ -165,8 +190,8 @@ def apply_flag_aliases(argv: Sequence[str]) -> list[str]:
         flag, has_value, value = token.partition("=")
         if flag in SEED_SWITCHES and not has_value:
             out += [SEED_SWITCHES[flag]] if SEED_SWITCHES[flag] else []
-        elif flag in SEED_FLAGS:
-            ours, rewrite = SEED_FLAGS[flag]
+        elif flag in table:
+            ours, rewrite = table[flag]
             if not has_value:
                 if i + 1 >= len(tokens):
                     print(f"error: {flag} needs a value", file=sys.stderr)

@@ -183,3 +183,9 @@ class RetrievalHead(nn.Module):
         ones = video_mask.new_ones(video_mask.shape[0], 1)
         return torch.cat([masked_mean(frames, video_mask)[:, None], frames], dim=1), torch.cat([ones, video_mask], 1)
 
+    def video_features_and_tokens(self, video: Tensor, video_mask: Tensor):
+        """(``encode_video``'s features, ``visual_tokens``) of the same clips, for a task that trains both
+        (captioning with the retrieval loss): two passes here; a head whose features hold what its tokens
+        are made of overrides it with one."""
+        return self.encode_video(video, video_mask), self.visual_tokens(video, video_mask)
+

@@ -189,6 +189,11 @@ class T2VLP(RetrievalHead):
         _, frames, tubes = self._video(video, video_mask)
         return self.visual_sequence(frames, tubes, video_mask)
 
+    def video_features_and_tokens(self, video: Tensor, video_mask: Tensor):
+        """(v, f, U, video mask) and [v̄; f; u] from one pass of the video tower."""
+        video_feat, frames, tubes = self._video(video, video_mask)
+        return (video_feat, frames, tubes, video_mask), self.visual_sequence(frames, tubes, video_mask)
+
     def _fuse(self, visual: Tensor, visual_valid: Tensor, words: Tensor, text_mask: Tensor,
               mask: Tensor | None = None) -> Tensor:
         x = torch.cat([visual, words.to(visual.dtype)], dim=1)

@@ -1,0 +1,147 @@
+"""The captioning task of ``main_task_caption.py``: the engine's loop trains a ``CaptionModel``
+(``modules/captioning.py``) on a benchmark's (caption, video) training pairs; evaluation decodes one
+caption per video of the split (sharded over ranks), scores it against every reference caption of the
+video (``modules/caption_metrics.py``: BLEU-4, METEOR, ROUGE-L, CIDEr) and writes the predictions to
+``<output_dir>/captions_<split>.json``. CIDEr picks the kept epoch.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from engine.distributed import DistEnv
+from engine.tasks import EvalContext, Task, register_task
+
+log = logging.getLogger("univtr")
+
+# T2VLP's msvd_captioning.py command (seed README) names no method, stage or fusion rate; its flags imply
+# --method t2vlp (modules/heads/aliases.py). Captioning fine-tunes its stage-2 model: the fusion encoder and
+# the tied vocabulary head become the caption decoder, trained at --lr like everything new (its script
+# has no separate fusion rate). Each entry: flag -> its value from the command's {flag: value}.
+T2VLP_CAPTION_DEFAULTS: dict[str, Callable[[dict[str, str], dict[str, str]], str]] = {
+    "--t2vlp_stage": lambda given, defaults: "2",
+    "--fusion_lr": lambda given, defaults: given.get("--lr", defaults["--lr"]),
+}
+
+
+def caption_command(argv: Sequence[str], parser) -> list[str]:
+    """A T2VLP captioning command (no --method, T2VLP's flags) completed with T2VLP_CAPTION_DEFAULTS."""
+    from modules.heads.aliases import T2VLP_IMPLIED, _flag_values
+
+    given = _flag_values(argv)
+    if "--method" in given or not set(given) & set(T2VLP_IMPLIED):
+        return list(argv)
+    defaults = {"--lr": str(parser.get_default("lr"))}
+    return [*argv, *(token for flag, value in T2VLP_CAPTION_DEFAULTS.items() if flag not in given
+                     for token in (flag, value(given, defaults)))]
+
+
+@dataclass
+class CaptionResult:
+    metrics: dict[str, float]
+    table: str
+    incomplete: str | None = None
+
+
+def max_gen_len(args) -> int:
+    return args.max_gen_len or args.max_words - 1
+
+
+@register_task("caption")
+class CaptionTask(Task):
+    score_key = "CIDEr"
+
+    def build_model(self, args):
+        from modules.captioning import CaptionModel
+        from modules.task_model import build_task_model
+
+        return build_task_model(args, CaptionModel)
+
+    def build_split(self, args, split: str, env: DistEnv, tokenizer=None):
+        from dataloaders import build_parser_for
+
+        dataset = super().build_split(args, split, env, tokenizer)
+        if split != "train":
+            dataset.references = build_parser_for(args).reference_captions(split, dataset.records)
+        return dataset
+
+    def check(self, args, rule, training: bool, eval_sets) -> None:
+        from modules.caption_metrics import NO_JAVA, check_installed, java_available
+
+        check_installed()
+        if args.beam_size < 1 or max_gen_len(args) < 1:
+            raise ValueError(f"--beam_size ({args.beam_size}) and --max_gen_len ({max_gen_len(args)}) must be >= 1")
+        if not java_available():
+            log.warning(NO_JAVA)
+
+    @torch.no_grad()
+    def evaluate(self, model, dataset, args, env: DistEnv, context: EvalContext):
+        precision = args.precision if context.role == "eval" and args.precision != "fp16_weights" else "fp32"
+        was_training = model.training
+        model.eval()
+        try:
+            decoded = decode_sharded(model, dataset, args, env, precision)
+        finally:
+            model.train(was_training)
+        if not env.is_main:
+            return None
+        return score_split(dataset, decoded, args, context.output_dir)
+
+
+def decode_sharded(model, dataset, args, env: DistEnv, precision: str) -> dict[int, list[int]]:
+    """{video index: caption token ids} of every video of ``dataset``, each rank decoding its share
+    (on rank 0 all of them; on the others their own)."""
+    import torch.distributed as dist
+    from torch.utils.data import DataLoader, Subset
+
+    from engine.distributed import shard_indices
+    from engine.evaluate import to_device
+    from engine.step import autocast_context
+
+    loader = DataLoader(Subset(dataset.video_dataset(), shard_indices(dataset.num_videos, env)),
+                        batch_size=args.batch_size_val, shuffle=False, num_workers=args.num_thread_reader)
+    decoded: dict[int, list[int]] = {}
+    for batch in loader:
+        batch = to_device(batch, env.device)
+        with autocast_context(precision, env.device):
+            tokens = model.generate(batch["video"], batch["video_mask"], args.beam_size, max_gen_len(args),
+                                    args.length_penalty, use_cache=not args.no_kv_cache)
+        decoded.update(zip(batch["video_index"].tolist(), tokens))
+    if env.distributed:
+        parts: list = [None] * env.world_size
+        dist.all_gather_object(parts, decoded)
+        for part in parts:
+            decoded.update(part)
+    return decoded
+
+
+def score_split(dataset, decoded: dict[int, list[int]], args, output_dir) -> CaptionResult:
+    from engine.evaluate import incomplete_note
+    from modules.caption_metrics import score_captions
+    from modules.clip.tokenizer import get_tokenizer
+
+    tokenizer = get_tokenizer()
+    captions = {i: tokenizer.decode(decoded[i]) for i in range(dataset.num_videos)}
+    scores = score_captions({str(i): c for i, c in captions.items()},
+                            {str(i): refs for i, refs in enumerate(dataset.references)})
+    if output_dir is not None:
+        rows = [{"video_id": r.video_id, "caption": captions[i]} for i, r in enumerate(dataset.records)]
+        path = Path(output_dir) / f"captions_{dataset.split}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows, indent=1) + "\n")
+    metrics = {**scores.metrics, "num_videos": float(dataset.num_videos),
+               "num_references": float(sum(map(len, dataset.references)))}
+    incomplete = incomplete_note(dataset)
+    decoding = (f"beam {args.beam_size}, length penalty {args.length_penalty:g}" if args.beam_size > 1 else "greedy")
+    notes = [f"{dataset.split}: {dataset.num_videos} videos, {int(metrics['num_references'])} reference captions; "
+             f"{decoding}, at most {max_gen_len(args)} tokens"]
+    notes += [f"WARNING: {incomplete}; not comparable with published numbers"] if incomplete else []
+    notes += [f"WARNING: {scores.note}"] if scores.note else []
+    names = [k for k in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr") if k in scores.metrics]
+    table = "\n".join([*notes, "  ".join(f"{k:>8}" for k in names), "  ".join(f"{metrics[k]:8.2f}" for k in names)])
+    return CaptionResult(metrics, table, incomplete)

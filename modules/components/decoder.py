@@ -1,0 +1,178 @@
+"""Decoding with a prefix-LM transformer (a ``FusionEncoder`` under ``prefix_lm_mask``): the visual
+prefix is read by every text position, the text is causal, and the prefix never reads the text.
+
+Because the prefix never reads the text, its keys and values in every block are fixed once the prefix is
+encoded, and a text position only reads the positions before it: generation can keep every block's keys
+and values (a KV cache) and feed only the new token at each step. Two steppers give the next-token
+hidden state behind one interface, so greedy and beam search run on either:
+
+* ``CachedStepper``: the prefix encoded once, then one token per step against the cache;
+* ``FullStepper``: the whole [prefix; text so far] re-encoded at every step (T2VLP's decoding), kept
+  for the equality test and the speed comparison (``--no_kv_cache``).
+
+``greedy_search`` and ``beam_search`` (batched, length penalty) return token ids without SOT and EOT.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from modules.components.fusion import FusionEncoder, prefix_lm_mask
+
+# (hidden (N, 1, W)) -> log-probabilities (N, V)
+LogProbs = Callable[[Tensor], Tensor]
+
+
+class CachedStepper:
+    """Keys and values of every block for the prefix and the tokens fed so far."""
+
+    def __init__(self, fusion: FusionEncoder, prefix: Tensor, prefix_valid: Tensor):
+        self.fusion = fusion
+        self.blocks = fusion.transformer.resblocks
+        self.length = 0
+        self.keys: list[Tensor] = []
+        self.values: list[Tensor] = []
+        # additive key mask of the prefix (N, P); text keys are always valid
+        self.key_mask = torch.zeros(prefix_valid.shape, device=prefix.device).masked_fill(~prefix_valid.bool(),
+                                                                                         float("-inf"))
+        self._run(prefix, self.key_mask[:, None, :], store=True)
+
+    def _run(self, x: Tensor, mask: Tensor, store: bool) -> Tensor:
+        """x (N, S, W) at positions length..length+S-1 through every block; ``mask`` (N, S, keys)."""
+        x = x + self.fusion.positional_embedding[self.length: self.length + x.shape[1]].to(x.dtype)
+        for i, block in enumerate(self.blocks):
+            attn = block.attn
+            batch, length, width = x.shape
+            qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+            q, k, v = qkv.view(batch, length, 3, attn.heads, width // attn.heads).permute(2, 0, 3, 1, 4).unbind(0)
+            if i < len(self.keys):
+                k, v = torch.cat([self.keys[i], k], dim=2), torch.cat([self.values[i], v], dim=2)
+                self.keys[i], self.values[i] = k, v
+            else:
+                self.keys.append(k)
+                self.values.append(v)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None].to(q.dtype))
+            x = x + attn.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+            x = x + block.mlp(block.ln_2(x))
+        self.length += x.shape[1]
+        return x
+
+    def step(self, tokens: Tensor) -> Tensor:
+        """Embedded new tokens (N, 1, W) -> their hidden states (N, 1, W)."""
+        text_keys = self.length - self.key_mask.shape[1] + 1
+        mask = torch.cat([self.key_mask, self.key_mask.new_zeros(self.key_mask.shape[0], text_keys)], dim=1)
+        return self._run(tokens, mask[:, None, :], store=True)
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep rows ``index`` (beam search: the surviving beams' parents, or the expansion to beams)."""
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]
+        self.key_mask = self.key_mask.index_select(0, index)
+
+
+class FullStepper:
+    """Re-encodes [prefix; every token fed so far] at each step and reads the last position."""
+
+    def __init__(self, fusion: FusionEncoder, prefix: Tensor, prefix_valid: Tensor):
+        self.fusion, self.prefix, self.prefix_valid = fusion, prefix, prefix_valid
+        self.text = prefix.new_zeros(prefix.shape[0], 0, prefix.shape[2])
+
+    def step(self, tokens: Tensor) -> Tensor:
+        self.text = torch.cat([self.text, tokens], dim=1)
+        text_valid = self.prefix_valid.new_ones(self.text.shape[:2])
+        mask = prefix_lm_mask(self.prefix_valid, text_valid)
+        return self.fusion(torch.cat([self.prefix, self.text], dim=1), attn_mask=mask)[:, -1:]
+
+    def reorder(self, index: Tensor) -> None:
+        self.prefix, self.prefix_valid = self.prefix.index_select(0, index), self.prefix_valid.index_select(0, index)
+        self.text = self.text.index_select(0, index)
+
+
+def make_stepper(fusion: FusionEncoder, prefix: Tensor, prefix_valid: Tensor, use_cache: bool = True):
+    return (CachedStepper if use_cache else FullStepper)(fusion, prefix, prefix_valid)
+
+
+def _strip(rows: list[list[int]], eot: int) -> list[list[int]]:
+    return [row[: row.index(eot)] if eot in row else row for row in rows]
+
+
+@torch.no_grad()
+def greedy_search(stepper, embed: Callable[[Tensor], Tensor], log_probs: LogProbs, batch: int, sot: int, eot: int,
+                  max_len: int, device) -> list[list[int]]:
+    """Argmax at every step from SOT until EOT (or ``max_len`` tokens, EOT included)."""
+    token = torch.full((batch, 1), sot, dtype=torch.long, device=device)
+    out = torch.zeros(batch, 0, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    for _ in range(max_len):
+        token = log_probs(stepper.step(embed(token))).argmax(-1, keepdim=True)
+        token = token.masked_fill(done[:, None], eot)
+        out = torch.cat([out, token], dim=1)
+        done |= token[:, 0] == eot
+        if bool(done.all()):
+            break
+    return _strip(out.tolist(), eot)
+
+
+@torch.no_grad()
+def beam_search(stepper, embed: Callable[[Tensor], Tensor], log_probs: LogProbs, batch: int, sot: int, eot: int,
+                max_len: int, device, beams: int, length_penalty: float = 1.0) -> list[list[int]]:
+    """Batched beam search: ``beams`` hypotheses per video, the stepper's rows expanded to batch x beams.
+
+    At each step the 2 x beams best continuations of a video are ranked; one ending in EOT among the
+    first ``beams`` ranks becomes a finished hypothesis scored sum(log p) / length ** length_penalty
+    (length = tokens after SOT, EOT included), the best ``beams`` others continue. A video is done once
+    it has ``beams`` finished hypotheses (so beams = 1 is greedy search exactly); at ``max_len`` the
+    live beams are finished as they are. The best-scored finished hypothesis is returned."""
+    stepper.reorder(torch.arange(batch, device=device).repeat_interleave(beams))
+    scores = torch.zeros(batch, beams, device=device)
+    scores[:, 1:] = float("-inf")  # all beams start as the same SOT: expand only the first one
+    tokens = torch.full((batch * beams, 1), sot, dtype=torch.long, device=device)
+    history = torch.zeros(batch * beams, 0, dtype=torch.long, device=device)
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
+    done = [False] * batch
+    for length in range(1, max_len + 1):
+        logp = log_probs(stepper.step(embed(tokens))).float()  # (batch*beams, V)
+        vocab = logp.shape[-1]
+        total = (scores.view(-1, 1) + logp).view(batch, beams * vocab)
+        top, index = total.topk(2 * beams, dim=1)
+        parent, word = index // vocab, index % vocab
+        keep_parent = torch.zeros(batch, beams, dtype=torch.long, device=device)
+        keep_word = torch.full((batch, beams), eot, dtype=torch.long, device=device)
+        keep_score = torch.full((batch, beams), float("-inf"), device=device)
+        rows_top, rows_parent, rows_word = top.tolist(), parent.tolist(), word.tolist()
+        for b in range(batch):
+            if done[b]:
+                continue
+            kept = 0
+            for rank in range(2 * beams):
+                score, p, w = rows_top[b][rank], rows_parent[b][rank], rows_word[b][rank]
+                if score == float("-inf"):
+                    break
+                if w == eot:
+                    if rank < beams:
+                        finished[b].append((score / length ** length_penalty, history[b * beams + p].tolist()))
+                    continue
+                keep_parent[b, kept], keep_word[b, kept], keep_score[b, kept] = p, w, score
+                kept += 1
+                if kept == beams:
+                    break
+            if len(finished[b]) >= beams:
+                done[b] = True
+        if all(done):
+            break
+        rows = (torch.arange(batch, device=device)[:, None] * beams + keep_parent).view(-1)
+        stepper.reorder(rows)
+        history = torch.cat([history.index_select(0, rows), keep_word.view(-1, 1)], dim=1)
+        scores = keep_score.masked_fill(torch.tensor(done, device=device)[:, None], float("-inf"))
+        tokens = keep_word.view(-1, 1)
+    else:
+        for b in range(batch):  # max_len reached: the live beams are finished as they are
+            if not done[b]:
+                for k in range(beams):
+                    if scores[b, k] > float("-inf"):
+                        finished[b].append((float(scores[b, k]) / max_len ** length_penalty,
+                                            history[b * beams + k].tolist()))
+    return [max(hyps, key=lambda h: h[0])[1] if hyps else [] for hyps in finished]
