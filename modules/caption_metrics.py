@@ -9,8 +9,12 @@ x 100, as in the papers.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 NO_JAVA = ("java not found: METEOR and the PTB tokenizer need a Java runtime (apt-get install default-jre-headless); "
@@ -42,11 +46,32 @@ def simple_tokenize(text: str) -> str:
     return " ".join(_PUNCTUATION.sub(" ", text.lower()).split())
 
 
+@contextmanager
+def _without_tokenizer_chatter():
+    """The PTB tokenizer (a Java process sharing our stderr) reports its speed on every call; drop that
+    line and pass anything else it says (an error) on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode(errors="replace").splitlines():
+                if line.strip() and not line.startswith("PTBTokenizer tokenized"):
+                    print(line, file=sys.stderr)
+
+
 def tokenize(captions: dict[str, list[str]], use_java: bool) -> dict[str, list[str]]:
     if use_java:
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-        return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
+        with _without_tokenizer_chatter():
+            return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
     return {k: [simple_tokenize(c) for c in v] for k, v in captions.items()}
 
 

@@ -3,6 +3,7 @@ teacher-forced loss by hand, BLEU/ROUGE-L/CIDEr by hand, the no-Java path, the s
 ranks = 1 process, and a train -> captions_test.json -> --do_eval round trip on the toy dataset."""
 import json
 import math
+import os
 import shlex
 from collections import Counter
 
@@ -16,7 +17,7 @@ import test_t2vlp as t2
 from engine.caption import CaptionTask, score_split
 from engine.distributed import DistEnv
 from engine.step import StepContext
-from modules.caption_metrics import NO_JAVA, java_available, score_captions
+from modules.caption_metrics import NO_JAVA, _without_tokenizer_chatter, java_available, score_captions
 from modules.captioning import CaptionModel
 from modules.components.decoder import CachedStepper, FullStepper
 from modules.task_model import build_task_model
@@ -216,6 +217,16 @@ SEED_MSVD_CAPTIONING = """--do_train --num_thread_reader=4 --cross_config_path .
 --output_dir ckpts/t2vlp_msvd_caption --lr 5e-5 --max_words 32 --max_frames 12 --batch_size_val 32 --datatype msvd
 --expand_msrvtt_sentences --feature_framerate 1 --coef_lr 1e-3 --freeze_layer_num 0 --slice_framepos 2 --loose_type
 --linear_patch 2d --sim_header meanP --init_model ckpts/t2vlp_stage2/model_final.pt"""
+
+
+def test_tokenizer_speed_line_is_dropped_and_anything_else_on_stderr_passed_on(capfd):
+    # The Java tokenizer writes to the process's stderr (file descriptor 2), not to sys.stderr.
+    with _without_tokenizer_chatter():
+        os.write(2, b"PTBTokenizer tokenized 123 tokens at 4567.8 tokens per second.\n")
+        os.write(2, b"Exception in thread main: out of memory\n")
+    err = capfd.readouterr().err
+    assert "PTBTokenizer tokenized" not in err
+    assert "Exception in thread main: out of memory" in err
 
 
 def test_seed_captioning_command_parses():
