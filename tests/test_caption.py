@@ -9,14 +9,13 @@ from collections import Counter
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import main_task_caption
 import test_t2vlp as t2
 from engine.caption import CaptionTask, score_split
 from engine.distributed import DistEnv
 from engine.step import StepContext
+from gloo import run_on_ranks
 from modules.caption_metrics import NO_JAVA, _without_tokenizer_chatter, java_available, score_captions
 from modules.captioning import CaptionModel
 from modules.components.decoder import CachedStepper, FullStepper
@@ -268,20 +267,15 @@ def _step(model, batch, env):
             "grads": {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}}
 
 
-def _worker(rank, world_size, rendezvous, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
-    try:
-        env = DistEnv(rank, world_size, 0, torch.device("cpu"))
-        local = {k: v[rank * 2:(rank + 1) * 2] for k, v in t2.make_batch().items()}
-        for head in sorted(HEADS):
-            model = torch.nn.parallel.DistributedDataParallel(caption_model(head), find_unused_parameters=True)
-            torch.save(_step(model, local, env), f"{out_dir}/{head}_rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _work(env, out_dir):
+    local = {k: v[env.rank * 2:(env.rank + 1) * 2] for k, v in t2.make_batch().items()}
+    for head in sorted(HEADS):
+        model = torch.nn.parallel.DistributedDataParallel(caption_model(head), find_unused_parameters=True)
+        torch.save(_step(model, local, env), f"{out_dir}/{head}_rank{env.rank}.pt")
 
 
 def test_two_gloo_ranks_equal_one_process(tmp_path):
-    mp.spawn(_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
+    run_on_ranks(_work, tmp_path)
     for head in sorted(HEADS):
         single = _step(caption_model(head), t2.make_batch(), DistEnv())
         assert any(n.startswith(("decoder.", "head.fusion.")) for n in single["grads"])
@@ -291,8 +285,9 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
                 assert abs(result["losses"][name] - value) < 1e-5 * max(1.0, abs(value)), (head, name)
             assert result["grads"].keys() == single["grads"].keys()
             for name, grad in single["grads"].items():
+                # fp32 sums taken in another order (per-rank parts, all-reduced): a few ulps of the largest entry
                 scale = max(1.0, grad.abs().max().item())
-                assert (result["grads"][name] - grad).abs().max().item() <= 2e-6 * scale, (head, name)
+                assert (result["grads"][name] - grad).abs().max().item() <= 1e-5 * scale, (head, name)
 
 
 # -- train, captions_test.json, --do_eval of the checkpoint ----------------------------------------------

@@ -4,11 +4,10 @@ import argparse
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from engine.distributed import DistEnv
 from engine.trainer import contrastive_losses
+from gloo import run_on_ranks
 from modules.clip import tokenize
 from modules.factory import add_model_args, build_model
 from modules.heads import list_heads
@@ -69,29 +68,24 @@ def build_and_step(config):
     return model
 
 
-def _worker(rank, world_size, rendezvous, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
+def _work(env, out_dir):
     failures = []
-    try:
-        env = DistEnv(rank, world_size, 0, torch.device("cpu"))
-        for config in CONFIGS:
-            try:
-                model = torch.nn.parallel.DistributedDataParallel(make_model(config))
-                optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-                share = GLOBAL_BATCH // world_size
-                for step in range(2):  # DDP's unused-parameter error comes at the second step
-                    local = {k: v[rank * share:(rank + 1) * share] for k, v in make_batch(step).items()}
-                    contrastive_losses(model, local, env)["loss"].backward()
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-            except RuntimeError as error:
-                failures.append(("-".join(config), str(error).splitlines()[0]))
-        torch.save(failures, f"{out_dir}/failures{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    for config in CONFIGS:
+        try:
+            model = torch.nn.parallel.DistributedDataParallel(make_model(config))
+            optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+            share = GLOBAL_BATCH // env.world_size
+            for step in range(2):  # DDP's unused-parameter error comes at the second step
+                local = {k: v[env.rank * share:(env.rank + 1) * share] for k, v in make_batch(step).items()}
+                contrastive_losses(model, local, env)["loss"].backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        except RuntimeError as error:
+            failures.append(("-".join(config), str(error).splitlines()[0]))
+    torch.save(failures, f"{out_dir}/failures{env.rank}.pt")
 
 
 def test_two_gloo_ranks_train_two_steps_with_every_head_and_option(tmp_path):
-    mp.spawn(_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
+    run_on_ranks(_work, tmp_path)
     for rank in range(2):
         assert torch.load(tmp_path / f"failures{rank}.pt", weights_only=True) == []

@@ -3,11 +3,10 @@ on the whole batch (the CLIP4Clip family gets this wrong by a factor of the worl
 import argparse
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from engine.distributed import DistEnv
 from engine.trainer import EpochSampler, contrastive_losses
+from gloo import run_on_ranks
 from modules.factory import add_model_args, build_model
 from modules.clip import tokenize
 
@@ -38,23 +37,18 @@ def loss_and_grads(model, batch, env):
     return losses["loss"].item(), {n: p.grad.clone() for n, p in head.named_parameters() if p.grad is not None}
 
 
-def _worker(rank, world_size, rendezvous, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
-    try:
-        env = DistEnv(rank, world_size, 0, torch.device("cpu"))
-        model = torch.nn.parallel.DistributedDataParallel(make_model())
-        batch = make_batch()
-        share = GLOBAL_BATCH // world_size
-        local = {k: v[rank * share:(rank + 1) * share] for k, v in batch.items()}
-        loss, grads = loss_and_grads(model, local, env)
-        torch.save({"loss": loss, "grads": grads}, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _work(env, out_dir):
+    model = torch.nn.parallel.DistributedDataParallel(make_model())
+    batch = make_batch()
+    share = GLOBAL_BATCH // env.world_size
+    local = {k: v[env.rank * share:(env.rank + 1) * share] for k, v in batch.items()}
+    loss, grads = loss_and_grads(model, local, env)
+    torch.save({"loss": loss, "grads": grads}, f"{out_dir}/rank{env.rank}.pt")
 
 
 def test_two_gloo_ranks_equal_one_process(tmp_path):
     single_loss, single_grads = loss_and_grads(make_model(), make_batch(), DistEnv())
-    mp.spawn(_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
+    run_on_ranks(_work, tmp_path)
     for rank in range(2):
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert abs(result["loss"] - single_loss) < 1e-6
@@ -121,24 +115,20 @@ def eval_args():
     return build_parser().parse_args(["--batch_size_val", "2", "--num_thread_reader", "0"])
 
 
-def _eval_worker(rank, world_size, rendezvous, out_dir):
+def _eval_work(env, out_dir):
     from engine.evaluate import evaluate_split
 
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
-    try:
-        result = evaluate_split(make_model(), SyntheticSplit(), eval_args(), DistEnv(rank, world_size, 0, torch.device("cpu")))
-        assert (result is None) == (rank != 0)
-        if rank == 0:
-            torch.save(result.metrics, f"{out_dir}/metrics.pt")
-    finally:
-        dist.destroy_process_group()
+    result = evaluate_split(make_model(), SyntheticSplit(), eval_args(), env)
+    assert (result is None) == (env.rank != 0)
+    if env.rank == 0:
+        torch.save(result.metrics, f"{out_dir}/metrics.pt")
 
 
 def test_sharded_evaluation_equals_single_process(tmp_path):
     from engine.evaluate import evaluate_split
 
     single = evaluate_split(make_model(), SyntheticSplit(), eval_args(), DistEnv()).metrics
-    mp.spawn(_eval_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
+    run_on_ranks(_eval_work, tmp_path)
     sharded = torch.load(tmp_path / "metrics.pt", weights_only=True)
     assert sharded == single
     assert single["num_captions"] == 9 and single["num_videos"] == 5

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
 from engine.distributed import DistEnv
 from engine.step import StepContext
+from gloo import run_on_ranks
 from modules.clip import tokenize
 from modules.components import BertMasker, FeatureQueue, MomentumTwin, queue_infonce
 from modules.factory import add_model_args, build_model
@@ -500,22 +499,17 @@ def _step_result(model, batch, env):
             "state": {k: v.clone() for k, v in head.state_dict().items() if k.startswith(("queue.", "momentum."))}}
 
 
-def _worker(rank, world_size, rendezvous, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
-    try:
-        env = DistEnv(rank, world_size, 0, torch.device("cpu"))
-        model = nn.parallel.DistributedDataParallel(hmmc_model(*PRETRAIN))
-        share = 4 // world_size
-        local = {k: v[rank * share:(rank + 1) * share] for k, v in make_batch().items()}
-        torch.save(_step_result(model, local, env), f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _work(env, out_dir):
+    model = nn.parallel.DistributedDataParallel(hmmc_model(*PRETRAIN))
+    share = 4 // env.world_size
+    local = {k: v[env.rank * share:(env.rank + 1) * share] for k, v in make_batch().items()}
+    torch.save(_step_result(model, local, env), f"{out_dir}/rank{env.rank}.pt")
 
 
 def test_two_gloo_ranks_pretraining_step_equals_one_process(tmp_path):
     single = _step_result(hmmc_model(*PRETRAIN), make_batch(), DistEnv())
     assert single["losses"]["mlm"] > 0 and len(single["grads"]) > 40
-    mp.spawn(_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
+    run_on_ranks(_work, tmp_path)
     for rank in range(2):
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         for name, value in single["losses"].items():

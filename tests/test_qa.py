@@ -9,14 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import main_task_qa
 from dataloaders.base import VideoRecord
 from dataloaders.datasets.qa import QADataset
 from engine.distributed import DistEnv
 from engine.qa import QATask, accuracy_by_type, prediction_rows
+from gloo import run_on_ranks
 from modules.clip import tokenize
 from modules.factory import add_model_args, build_model
 from modules.qa import QAModel
@@ -216,24 +215,19 @@ def make_qa_batch():
             "label": torch.tensor([1, 4, 0, -1]), "answer_token": torch.tensor([10, 11, 12, 13])}
 
 
-def _worker(rank, world_size, rendezvous, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
-    try:
-        env = DistEnv(rank, world_size, 0, torch.device("cpu"))
-        model = torch.nn.parallel.DistributedDataParallel(make_qa_model(), find_unused_parameters=True)
-        share = GLOBAL_BATCH // world_size
-        local = {k: v[rank * share:(rank + 1) * share] for k, v in make_qa_batch().items()}
-        loss, grads = loss_and_grads(model, local, env)
-        torch.save({"loss": loss, "grads": grads}, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _work(env, out_dir):
+    model = torch.nn.parallel.DistributedDataParallel(make_qa_model(), find_unused_parameters=True)
+    share = GLOBAL_BATCH // env.world_size
+    local = {k: v[env.rank * share:(env.rank + 1) * share] for k, v in make_qa_batch().items()}
+    loss, grads = loss_and_grads(model, local, env)
+    torch.save({"loss": loss, "grads": grads}, f"{out_dir}/rank{env.rank}.pt")
 
 
 def test_two_gloo_ranks_equal_one_process(tmp_path):
     model = make_qa_model()
     single_loss, single_grads = loss_and_grads(model, make_qa_batch(), DistEnv())
     assert any(n.startswith("classifier.") for n in single_grads) and any(n.startswith("fusion.") for n in single_grads)
-    mp.spawn(_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
+    run_on_ranks(_work, tmp_path)
     for rank in range(2):
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert abs(result["loss"] - single_loss) < 1e-5
