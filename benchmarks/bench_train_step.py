@@ -8,7 +8,7 @@ With ``--head hmmc`` the step is HMMC's pre-training step (``--hmmc_stage pretra
 encoders, five queues of K = --queue columns, FAM/VTM/FTM/MLM), and the same benchmark runs meanP's
 step in another process (``--compare``) so both peak memories are measured from a clean process.
 
-The step is the engine's own (``engine.trainer.contrastive_losses`` + backward + AdamW), on random
+The step is the engine's own (``engine.trainer.step_losses`` + backward + AdamW), on random
 frames and captions so the data pipeline is not measured. FLOPs are counted once with
 ``torch.utils.flop_counter`` (forward + backward, matmuls/convs/attention); MFU = achieved FLOP/s over
 the peak given by --peak_tflops (default: 989 for H100/H200 bf16 dense; none on CPU).
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.distributed import DistEnv  # noqa: E402
 from engine.optim import add_optim_args, build_optimizer  # noqa: E402
-from engine.trainer import contrastive_losses  # noqa: E402
+from engine.trainer import step_losses  # noqa: E402
 from modules.clip import tokenize  # noqa: E402
 from modules.factory import add_model_args, build_model  # noqa: E402
 
@@ -69,7 +69,7 @@ STEPS = itertools.count()  # the optimiser step the head sees (HMMC updates its 
 
 
 def train_step(model, optimizer, batch, env, precision):
-    losses = contrastive_losses(model, batch, env, precision, next(STEPS))
+    losses = step_losses(model, batch, env, precision, next(STEPS))
     losses["loss"].backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
@@ -82,7 +82,7 @@ def count_flops(model, optimizer, batch, env, precision) -> int:
 
     counter = FlopCounterMode(display=False)
     with counter:
-        losses = contrastive_losses(model, batch, env, precision)
+        losses = step_losses(model, batch, env, precision)
         losses["loss"].backward()
     optimizer.zero_grad(set_to_none=True)
     return counter.get_total_flops()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.distributed import DistEnv
-from engine.trainer import contrastive_losses
+from engine.trainer import step_losses
 from gloo import run_on_ranks
 from modules.clip import tokenize
 from modules.factory import add_model_args, build_model
@@ -64,7 +64,7 @@ def test_one_step_gives_every_trainable_parameter_a_gradient(config):
 
 def build_and_step(config):
     model = make_model(config)
-    contrastive_losses(model, make_batch(0), DistEnv())["loss"].backward()
+    step_losses(model, make_batch(0), DistEnv())["loss"].backward()
     return model
 
 
@@ -77,7 +77,7 @@ def _work(env, out_dir):
             share = GLOBAL_BATCH // env.world_size
             for step in range(2):  # DDP's unused-parameter error comes at the second step
                 local = {k: v[env.rank * share:(env.rank + 1) * share] for k, v in make_batch(step).items()}
-                contrastive_losses(model, local, env)["loss"].backward()
+                step_losses(model, local, env)["loss"].backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         except RuntimeError as error:

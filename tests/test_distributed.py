@@ -5,7 +5,7 @@ import argparse
 import torch
 
 from engine.distributed import DistEnv
-from engine.trainer import EpochSampler, contrastive_losses
+from engine.trainer import EpochSampler, step_losses
 from gloo import run_on_ranks
 from modules.factory import add_model_args, build_model
 from modules.clip import tokenize
@@ -31,7 +31,7 @@ def make_batch():
 
 def loss_and_grads(model, batch, env):
     """Exactly what the trainer does for one micro-step."""
-    losses = contrastive_losses(model, batch, env)
+    losses = step_losses(model, batch, env)
     losses["loss"].backward()
     head = getattr(model, "module", model)
     return losses["loss"].item(), {n: p.grad.clone() for n, p in head.named_parameters() if p.grad is not None}

@@ -174,13 +174,13 @@ def step_batch():
 
 def losses_over_steps(model, args, steps=3):
     from engine.optim import build_optimizer
-    from engine.trainer import contrastive_losses
+    from engine.trainer import step_losses
 
     optimizer, _ = build_optimizer(model, args, 10)
     torch.manual_seed(1)  # heads that draw (T2VLP's negatives, dropout) draw the same in both runs
     out = []
     for _ in range(steps):
-        loss = contrastive_losses(model, step_batch(), CPU)["loss"]
+        loss = step_losses(model, step_batch(), CPU)["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
