@@ -97,14 +97,10 @@ def decode_sharded(model, dataset, args, env: DistEnv, precision: str) -> dict[i
     """{video index: caption token ids} of every video of ``dataset``, each rank decoding its share
     (on rank 0 all of them; on the others their own)."""
     import torch.distributed as dist
-    from torch.utils.data import DataLoader, Subset
-
-    from engine.distributed import shard_indices
-    from engine.evaluate import to_device
+    from engine.evaluate import shard_loader, to_device
     from engine.step import autocast_context
 
-    loader = DataLoader(Subset(dataset.video_dataset(), shard_indices(dataset.num_videos, env)),
-                        batch_size=args.batch_size_val, shuffle=False, num_workers=args.num_thread_reader)
+    loader = shard_loader(dataset.video_dataset(), args, env)
     decoded: dict[int, list[int]] = {}
     for batch in loader:
         batch = to_device(batch, env.device)

@@ -83,9 +83,21 @@ def encode(model, loader: DataLoader, side: str, device) -> tuple[Features, torc
     return concat_features(parts), torch.cat(indices)
 
 
-def _loader(dataset, args, sampler: Sampler | None) -> DataLoader:
+def eval_loader(dataset, args, device, sampler: Sampler | None = None) -> DataLoader:
+    """An evaluation DataLoader: ``--batch_size_val`` items in order, ``--pin_memory`` for ``device``."""
+    from engine.perf import pin_memory
+
     return DataLoader(dataset, batch_size=args.batch_size_val, shuffle=False, sampler=sampler,
-                      num_workers=args.num_thread_reader, pin_memory=False)
+                      num_workers=args.num_thread_reader, pin_memory=pin_memory(args, torch.device(device)))
+
+
+def shard_loader(dataset, args, env) -> DataLoader:
+    """This rank's share of ``dataset`` (``shard_indices``: equal counts, the last index repeated)."""
+    from torch.utils.data import Subset
+
+    from engine.distributed import shard_indices
+
+    return eval_loader(Subset(dataset, shard_indices(len(dataset), env)), args, env.device)
 
 
 @dataclass
@@ -103,7 +115,7 @@ class EncodedSplit:
 def encode_captions(model, dataset, args, device=None, sampler: Sampler | None = None) -> Features:
     """Features of every caption of ``dataset`` (e.g. the training captions, as QB-Norm's bank)."""
     device = device or _model_device(model)
-    feats, idx = encode(model, _loader(dataset.text_dataset(), args, sampler), "text", device)
+    feats, idx = encode(model, eval_loader(dataset.text_dataset(), args, device, sampler), "text", device)
     return put_in_order(feats, idx, dataset.num_captions)
 
 
@@ -111,7 +123,7 @@ def encode_split(model, dataset, args, device=None, text_sampler: Sampler | None
                  video_sampler: Sampler | None = None) -> EncodedSplit:
     device = device or _model_device(model)
     text = encode_captions(model, dataset, args, device, text_sampler)
-    video, video_idx = encode(model, _loader(dataset.video_dataset(), args, video_sampler), "video", device)
+    video, video_idx = encode(model, eval_loader(dataset.video_dataset(), args, device, video_sampler), "video", device)
     return EncodedSplit(text, put_in_order(video, video_idx, dataset.num_videos),
                         dataset.caption_to_video.clone(), dataset.num_videos)
 
@@ -386,7 +398,7 @@ def encode_bank(model, train_dataset, args, device=None) -> Features:
     device = device or _model_device(model)
     captions = train_dataset.text_dataset()
     size = min(args.qb_norm_bank_size or len(captions), len(captions))
-    feats, idx = encode(model, _loader(Subset(captions, range(size)), args, None), "text", device)
+    feats, idx = encode(model, eval_loader(Subset(captions, range(size)), args, device), "text", device)
     return put_in_order(feats, idx, size)
 
 
@@ -410,14 +422,10 @@ def prepare_qb_norm(model, train_dataset, val_dataset, args, device=None) -> tup
 @torch.no_grad()
 def encode_sharded(head, dataset, side: str, args, env) -> Features:
     """Every item of a caption or video view, each rank encoding its share; gathered in order."""
-    from torch.utils.data import Subset
-
-    from engine.distributed import gather_rows, shard_indices
+    from engine.distributed import gather_rows
 
     total = len(dataset)
-    loader = DataLoader(Subset(dataset, shard_indices(total, env)), batch_size=args.batch_size_val, shuffle=False,
-                        num_workers=args.num_thread_reader)
-    features, indices = encode(head, loader, side, env.device)
+    features, indices = encode(head, shard_loader(dataset, args, env), side, env.device)
     if env.distributed:
         parts = features if isinstance(features, tuple) else (features,)
         parts = tuple(gather_rows(p, env) for p in parts)

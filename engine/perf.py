@@ -90,12 +90,17 @@ def compile_model(model, args, env: DistEnv) -> None:
         log.info("torch.compile: %s has no CLIP towers; nothing compiled", type(getattr(model, "clip", model)).__name__)
 
 
+def pin_memory(args, device: torch.device) -> bool:
+    """``--pin_memory``: on, off, or (auto) on when batches go to a CUDA device."""
+    pin = getattr(args, "pin_memory", "auto")
+    return device.type == "cuda" if pin == "auto" else pin == "on"
+
+
 def loader_options(args, env: DistEnv, workers: int, persistent: bool = True) -> dict:
     """DataLoader keyword arguments of the engine's loaders: pinned memory (``--pin_memory``, by default
     on CUDA only), and with workers their persistence (``persistent`` and not
     ``--no_persistent_workers``) and prefetch depth (``--prefetch_factor``)."""
-    pin = getattr(args, "pin_memory", "auto")
-    options = {"pin_memory": env.device.type == "cuda" if pin == "auto" else pin == "on"}
+    options = {"pin_memory": pin_memory(args, env.device)}
     if workers > 0:
         options["persistent_workers"] = bool(persistent and getattr(args, "persistent_workers", True))
         options["prefetch_factor"] = max(1, int(getattr(args, "prefetch_factor", 2)))

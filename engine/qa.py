@@ -56,17 +56,13 @@ def accuracy_by_type(types: Sequence[str], correct: Sequence[bool]) -> dict[str,
 def predict_split(model, dataset, args, env: DistEnv) -> dict[int, int] | None:
     """{question index: predicted id (answer class or token)} on rank 0, None elsewhere. Each rank
     decodes its share of the videos once and answers all their questions."""
-    from torch.utils.data import DataLoader, Subset
-
-    from engine.distributed import shard_indices
-    from engine.evaluate import to_device
+    from engine.evaluate import shard_loader, to_device
     from engine.step import autocast_context
 
     questions_of: list[list[int]] = [[] for _ in range(dataset.num_videos)]
     for question, video in enumerate(dataset.caption_to_video.tolist()):
         questions_of[video].append(question)
-    loader = DataLoader(Subset(dataset.video_dataset(), shard_indices(dataset.num_videos, env)),
-                        batch_size=args.batch_size_val, shuffle=False, num_workers=args.num_thread_reader)
+    loader = shard_loader(dataset.video_dataset(), args, env)
     precision = args.precision if args.precision.startswith("amp") else "fp32"
     predictions: dict[int, int] = {}
     was_training = model.training

@@ -290,6 +290,17 @@ def test_loader_options_from_flags():
     assert loader_options(get_args([]), CPU, 2, persistent=False)["persistent_workers"] is False
 
 
+def test_evaluation_loaders_follow_pin_memory():
+    from engine.evaluate import eval_loader, shard_loader
+
+    items = list(range(5))
+    assert eval_loader(items, get_args([]), "cuda").pin_memory is True
+    assert eval_loader(items, get_args([]), "cpu").pin_memory is False
+    assert eval_loader(items, get_args(["--pin_memory", "off"]), "cuda").pin_memory is False
+    shard = shard_loader(items, get_args(["--pin_memory", "on", "--batch_size_val", "2"]), CPU)
+    assert shard.pin_memory is True and [b.tolist() for b in shard] == [[0, 1], [2, 3], [4]]
+
+
 class IndexLoader:
     def __call__(self, path, start=None, end=None, rng=None):
         return torch.zeros(1, 1, 1, 1), torch.ones(1, dtype=torch.long)
