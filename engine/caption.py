@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -39,13 +38,6 @@ def caption_command(argv: Sequence[str], parser) -> list[str]:
     defaults = {"--lr": str(parser.get_default("lr"))}
     return [*argv, *(token for flag, value in T2VLP_CAPTION_DEFAULTS.items() if flag not in given
                      for token in (flag, value(given, defaults)))]
-
-
-@dataclass
-class CaptionResult:
-    metrics: dict[str, float]
-    table: str
-    incomplete: str | None = None
 
 
 def max_gen_len(args) -> int:
@@ -97,6 +89,7 @@ def decode_sharded(model, dataset, args, env: DistEnv, precision: str) -> dict[i
     """{video index: caption token ids} of every video of ``dataset``, each rank decoding its share
     (on rank 0 all of them; on the others their own)."""
     import torch.distributed as dist
+
     from engine.evaluate import shard_loader, to_device
     from engine.step import autocast_context
 
@@ -116,8 +109,9 @@ def decode_sharded(model, dataset, args, env: DistEnv, precision: str) -> dict[i
     return decoded
 
 
-def score_split(dataset, decoded: dict[int, list[int]], args, output_dir) -> CaptionResult:
-    from engine.evaluate import incomplete_note
+def score_split(dataset, decoded: dict[int, list[int]], args, output_dir):
+    """The split's metrics and table (an ``EvalResult``); the captions written to ``output_dir``."""
+    from engine.evaluate import EvalResult, incomplete_note
     from modules.caption_metrics import score_captions
     from modules.clip.tokenizer import get_tokenizer
 
@@ -140,4 +134,4 @@ def score_split(dataset, decoded: dict[int, list[int]], args, output_dir) -> Cap
     notes += [f"WARNING: {scores.note}"] if scores.note else []
     names = [k for k in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr") if k in scores.metrics]
     table = "\n".join([*notes, "  ".join(f"{k:>8}" for k in names), "  ".join(f"{metrics[k]:8.2f}" for k in names)])
-    return CaptionResult(metrics, table, incomplete)
+    return EvalResult(metrics, table, incomplete=incomplete)
