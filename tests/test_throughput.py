@@ -290,6 +290,7 @@ def test_loader_options_from_flags():
     assert loader_options(get_args([]), CPU, 2, persistent=False)["persistent_workers"] is False
 
 
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true but no accelerator")  # CPU-only here
 def test_evaluation_loaders_follow_pin_memory():
     from engine.evaluate import eval_loader, shard_loader
 
