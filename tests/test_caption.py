@@ -15,7 +15,7 @@ import test_t2vlp as t2
 from engine.caption import CaptionTask, score_split
 from engine.distributed import DistEnv
 from engine.step import StepContext
-from gloo import run_on_ranks
+from gloo import assert_same_step, local_rows, run_on_ranks, step_record
 from modules.caption_metrics import NO_JAVA, _without_tokenizer_chatter, java_available, score_captions
 from modules.captioning import CaptionModel
 from modules.components.decoder import CachedStepper, FullStepper
@@ -260,15 +260,11 @@ def test_jsonl_video_captions_layout(tmp_path):
 
 
 def _step(model, batch, env):
-    module = getattr(model, "module", model)
-    losses = model(batch, StepContext(env))
-    losses["loss"].backward()
-    return {"losses": {k: v.item() for k, v in losses.items()},
-            "grads": {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}}
+    return step_record(model, model(batch, StepContext(env)))
 
 
 def _work(env, out_dir):
-    local = {k: v[env.rank * 2:(env.rank + 1) * 2] for k, v in t2.make_batch().items()}
+    local = local_rows(t2.make_batch(), env)
     for head in sorted(HEADS):
         model = torch.nn.parallel.DistributedDataParallel(caption_model(head), find_unused_parameters=True)
         torch.save(_step(model, local, env), f"{out_dir}/{head}_rank{env.rank}.pt")
@@ -280,14 +276,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
         single = _step(caption_model(head), t2.make_batch(), DistEnv())
         assert any(n.startswith(("decoder.", "head.fusion.")) for n in single["grads"])
         for rank in range(2):
-            result = torch.load(tmp_path / f"{head}_rank{rank}.pt", weights_only=True)
-            for name, value in single["losses"].items():
-                assert abs(result["losses"][name] - value) < 1e-5 * max(1.0, abs(value)), (head, name)
-            assert result["grads"].keys() == single["grads"].keys()
-            for name, grad in single["grads"].items():
-                # fp32 sums taken in another order (per-rank parts, all-reduced): a few ulps of the largest entry
-                scale = max(1.0, grad.abs().max().item())
-                assert (result["grads"][name] - grad).abs().max().item() <= 1e-5 * scale, (head, name)
+            assert_same_step(torch.load(tmp_path / f"{head}_rank{rank}.pt", weights_only=True), single, 1e-5, head)
 
 
 # -- train, captions_test.json, --do_eval of the checkpoint ----------------------------------------------

@@ -7,7 +7,7 @@ import torch
 
 from engine.distributed import DistEnv
 from engine.trainer import step_losses
-from gloo import run_on_ranks
+from gloo import local_rows, run_on_ranks
 from modules.clip import tokenize
 from modules.factory import add_model_args, build_model
 from modules.heads import list_heads
@@ -74,10 +74,8 @@ def _work(env, out_dir):
         try:
             model = torch.nn.parallel.DistributedDataParallel(make_model(config))
             optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-            share = GLOBAL_BATCH // env.world_size
             for step in range(2):  # DDP's unused-parameter error comes at the second step
-                local = {k: v[env.rank * share:(env.rank + 1) * share] for k, v in make_batch(step).items()}
-                step_losses(model, local, env)["loss"].backward()
+                step_losses(model, local_rows(make_batch(step), env), env)["loss"].backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         except RuntimeError as error:

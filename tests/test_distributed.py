@@ -6,7 +6,7 @@ import torch
 
 from engine.distributed import DistEnv
 from engine.trainer import EpochSampler, step_losses
-from gloo import run_on_ranks
+from gloo import local_rows, run_on_ranks
 from modules.factory import add_model_args, build_model
 from modules.clip import tokenize
 
@@ -39,10 +39,7 @@ def loss_and_grads(model, batch, env):
 
 def _work(env, out_dir):
     model = torch.nn.parallel.DistributedDataParallel(make_model())
-    batch = make_batch()
-    share = GLOBAL_BATCH // env.world_size
-    local = {k: v[env.rank * share:(env.rank + 1) * share] for k, v in batch.items()}
-    loss, grads = loss_and_grads(model, local, env)
+    loss, grads = loss_and_grads(model, local_rows(make_batch(), env), env)
     torch.save({"loss": loss, "grads": grads}, f"{out_dir}/rank{env.rank}.pt")
 
 

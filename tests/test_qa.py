@@ -15,7 +15,7 @@ from dataloaders.base import VideoRecord
 from dataloaders.datasets.qa import QADataset
 from engine.distributed import DistEnv
 from engine.qa import QATask, accuracy_by_type, prediction_rows
-from gloo import run_on_ranks
+from gloo import local_rows, run_on_ranks
 from modules.clip import tokenize
 from modules.factory import add_model_args, build_model
 from modules.qa import QAModel
@@ -217,9 +217,7 @@ def make_qa_batch():
 
 def _work(env, out_dir):
     model = torch.nn.parallel.DistributedDataParallel(make_qa_model(), find_unused_parameters=True)
-    share = GLOBAL_BATCH // env.world_size
-    local = {k: v[env.rank * share:(env.rank + 1) * share] for k, v in make_qa_batch().items()}
-    loss, grads = loss_and_grads(model, local, env)
+    loss, grads = loss_and_grads(model, local_rows(make_qa_batch(), env), env)
     torch.save({"loss": loss, "grads": grads}, f"{out_dir}/rank{env.rank}.pt")
 
 
