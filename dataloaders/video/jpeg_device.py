@@ -61,6 +61,7 @@ def decode_clips(blobs: list[bytes], video_mask: torch.Tensor, device, statistic
     device = torch.device(device)
     decoded = decode_jpeg(files, mode=ImageReadMode.RGB, device=device)
     size = clips[0][1].size
+    # Zeros only pad short clips up to the mask's length (mask 0 there); a bad JPEG raised in decode_jpeg.
     out = torch.zeros(len(clips), video_mask.shape[-1], 3, size, size, device=device)
     start = 0
     for i, ((_, plan), count) in enumerate(zip(clips, counts)):
