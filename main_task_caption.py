@@ -28,10 +28,11 @@ def build_caption_parser():
 
 def get_args(argv: Sequence[str] | None = None):
     """The parsed flags (``--config FILE.yaml`` first, then the command line on top), task = caption."""
-    from engine.caption import caption_command
+    from modules.heads.aliases import t2vlp_downstream_command
 
     parser = build_caption_parser()
-    args = parse_args(caption_command(sys.argv[1:] if argv is None else argv, parser), parser)
+    args = parse_args(t2vlp_downstream_command(sys.argv[1:] if argv is None else argv, parser.get_default("lr")),
+                      parser)
     args.task = "caption"
     return args
 

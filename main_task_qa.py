@@ -17,13 +17,14 @@ from typing import Sequence
 from engine.options import build_parser, parse_args
 from engine.qa import add_qa_args
 from main_task_retrieval import report_errors
-from modules.heads.aliases import T2VLP_QA_FLAGS, apply_flag_aliases, t2vlp_qa_command
+from modules.heads.aliases import T2VLP_QA_FLAGS, apply_flag_aliases, t2vlp_downstream_command
 
 
 def get_args(argv: Sequence[str] | None = None):
     """The parsed flags (``--config FILE.yaml`` first, the command line on top), ``task = "qa"``."""
-    tokens = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(apply_flag_aliases(t2vlp_qa_command(tokens), T2VLP_QA_FLAGS), add_qa_args(build_parser()))
+    parser = add_qa_args(build_parser())
+    tokens = t2vlp_downstream_command(sys.argv[1:] if argv is None else argv, parser.get_default("lr"))
+    args = parse_args(apply_flag_aliases(tokens, T2VLP_QA_FLAGS), parser)
     args.task = "qa"
     return args
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -17,28 +16,6 @@ from engine.distributed import DistEnv
 from engine.tasks import EvalContext, Task, register_task
 
 log = logging.getLogger("univtr")
-
-# T2VLP's msvd_captioning.py command (seed README) names no method, stage or fusion rate; its flags imply
-# --method t2vlp (modules/heads/aliases.py). Captioning fine-tunes its stage-2 model: the fusion encoder and
-# the tied vocabulary head become the caption decoder, trained at --lr like everything new (its script
-# has no separate fusion rate). Each entry: flag -> its value from the command's {flag: value}.
-T2VLP_CAPTION_DEFAULTS: dict[str, Callable[[dict[str, str], dict[str, str]], str]] = {
-    "--t2vlp_stage": lambda given, defaults: "2",
-    "--fusion_lr": lambda given, defaults: given.get("--lr", defaults["--lr"]),
-}
-
-
-def caption_command(argv: Sequence[str], parser) -> list[str]:
-    """A T2VLP captioning command (no --method, T2VLP's flags) completed with T2VLP_CAPTION_DEFAULTS."""
-    from modules.heads.aliases import T2VLP_IMPLIED, _flag_values
-
-    given = _flag_values(argv)
-    if "--method" in given or not set(given) & set(T2VLP_IMPLIED):
-        return list(argv)
-    defaults = {"--lr": str(parser.get_default("lr"))}
-    return [*argv, *(token for flag, value in T2VLP_CAPTION_DEFAULTS.items() if flag not in given
-                     for token in (flag, value(given, defaults)))]
-
 
 def max_gen_len(args) -> int:
     return args.max_gen_len or args.max_words - 1

@@ -114,14 +114,16 @@ T2VLP_QA_FLAGS: dict[str, tuple[str, Rewrite]] = {
 }
 
 
-def t2vlp_qa_command(tokens: Sequence[str]) -> list[str]:
-    """T2VLP's QA command fine-tunes its stage-2 model: the head is built at stage 2 (its fusion encoder and
-    vocabulary head are reused), the fusion modules at --lr (T2VLP's QA script fixes no other rate)."""
+def t2vlp_downstream_command(tokens: Sequence[str], default_lr: float) -> list[str]:
+    """T2VLP's captioning and QA commands fine-tune its stage-2 model and name neither method nor stage:
+    the head is built at stage 2 (its fusion encoder and vocabulary head are reused) and the fusion modules
+    train at --lr (``default_lr`` when the command gives none; those scripts set no other rate). A flag the
+    command gives wins; a command with --method is left as it is."""
     tokens, values = list(tokens), _flag_values(tokens)
-    if "--method" in values or not set(values) & set(T2VLP_IMPLIED) or "--t2vlp_stage" in values:
+    if "--method" in values or not set(values) & set(T2VLP_IMPLIED):
         return tokens
-    return tokens + ["--t2vlp_stage", "2"] + (["--fusion_lr", values["--lr"]]
-                                              if "--lr" in values and "--fusion_lr" not in values else [])
+    implied = {"--t2vlp_stage": "2", "--fusion_lr": values.get("--lr", str(default_lr))}
+    return tokens + [token for flag, value in implied.items() if flag not in values for token in (flag, value)]
 
 
 SEED_FLAGS: dict[str, tuple[str, Rewrite]] = {**UMP_FLAGS, **HMMC_FLAGS, **T2VLP_FLAGS, **SIMVTP_FLAGS}
