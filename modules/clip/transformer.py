@@ -40,6 +40,26 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+class KVCache:
+    """The keys and values one attention layer has seen so far (incremental decoding: earlier positions
+    are not recomputed). ``Attention.forward(..., cache=)`` appends the new positions' and attends over all."""
+
+    def __init__(self):
+        self.keys: Tensor | None = None
+        self.values: Tensor | None = None
+
+    def extend(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        if self.keys is not None:
+            keys, values = torch.cat([self.keys, keys], dim=2), torch.cat([self.values, values], dim=2)
+        self.keys, self.values = keys, values
+        return keys, values
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows ``index`` (beam search)."""
+        if self.keys is not None:
+            self.keys, self.values = self.keys.index_select(0, index), self.values.index_select(0, index)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection, computed by SDPA.
 
@@ -56,10 +76,15 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(width, width)
         nn.init.xavier_uniform_(self.in_proj_weight)  # never leave uninitialised memory behind
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False,
+                cache: KVCache | None = None) -> Tensor:
+        """``attn_mask``: additive, (L, S), (batch, L, S) or (batch, 1, L, S); with ``cache`` the keys are the
+        cached positions followed by ``x``'s (S = cached + L)."""
         batch, length, width = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = qkv.view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if cache is not None:
+            k, v = cache.extend(k, v)
         if attn_mask is not None:
             if attn_mask.dim() == 3:  # (batch, L, S) -> broadcast over heads
                 attn_mask = attn_mask.unsqueeze(1)
@@ -88,9 +113,9 @@ class ResidualBlock(nn.Module):
         self.mlp = MLP(width, int(width * mlp_ratio))
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False,
-                attn_input: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+                attn_input: Callable[[Tensor], Tensor] | None = None, cache: KVCache | None = None) -> Tensor:
         branch = x if attn_input is None else attn_input(x)
-        x = x + self.attn(self.ln_1(branch), attn_mask, is_causal)
+        x = x + self.attn(self.ln_1(branch), attn_mask, is_causal, cache)
         return x + self.mlp(self.ln_2(x))
 
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from modules.clip.transformer import KVCache
 from modules.components.fusion import FusionEncoder, prefix_lm_mask
 
 # (hidden (N, 1, W)) -> log-probabilities (N, V)
@@ -27,36 +27,22 @@ LogProbs = Callable[[Tensor], Tensor]
 
 
 class CachedStepper:
-    """Keys and values of every block for the prefix and the tokens fed so far."""
+    """Every block's keys and values (``KVCache``) for the prefix and the tokens fed so far."""
 
     def __init__(self, fusion: FusionEncoder, prefix: Tensor, prefix_valid: Tensor):
         self.fusion = fusion
-        self.blocks = fusion.transformer.resblocks
+        self.caches = [KVCache() for _ in fusion.transformer.resblocks]
         self.length = 0
-        self.keys: list[Tensor] = []
-        self.values: list[Tensor] = []
         # additive key mask of the prefix (N, P); text keys are always valid
         self.key_mask = torch.zeros(prefix_valid.shape, device=prefix.device).masked_fill(~prefix_valid.bool(),
                                                                                          float("-inf"))
-        self._run(prefix, self.key_mask[:, None, :], store=True)
+        self._run(prefix, self.key_mask[:, None, :])
 
-    def _run(self, x: Tensor, mask: Tensor, store: bool) -> Tensor:
+    def _run(self, x: Tensor, mask: Tensor) -> Tensor:
         """x (N, S, W) at positions length..length+S-1 through every block; ``mask`` (N, S, keys)."""
         x = x + self.fusion.positional_embedding[self.length: self.length + x.shape[1]].to(x.dtype)
-        for i, block in enumerate(self.blocks):
-            attn = block.attn
-            batch, length, width = x.shape
-            qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
-            q, k, v = qkv.view(batch, length, 3, attn.heads, width // attn.heads).permute(2, 0, 3, 1, 4).unbind(0)
-            if i < len(self.keys):
-                k, v = torch.cat([self.keys[i], k], dim=2), torch.cat([self.values[i], v], dim=2)
-                self.keys[i], self.values[i] = k, v
-            else:
-                self.keys.append(k)
-                self.values.append(v)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None].to(q.dtype))
-            x = x + attn.out_proj(out.transpose(1, 2).reshape(batch, length, width))
-            x = x + block.mlp(block.ln_2(x))
+        for block, cache in zip(self.fusion.transformer.resblocks, self.caches):
+            x = block(x, attn_mask=mask, cache=cache)
         self.length += x.shape[1]
         return x
 
@@ -64,12 +50,12 @@ class CachedStepper:
         """Embedded new tokens (N, 1, W) -> their hidden states (N, 1, W)."""
         text_keys = self.length - self.key_mask.shape[1] + 1
         mask = torch.cat([self.key_mask, self.key_mask.new_zeros(self.key_mask.shape[0], text_keys)], dim=1)
-        return self._run(tokens, mask[:, None, :], store=True)
+        return self._run(tokens, mask[:, None, :])
 
     def reorder(self, index: Tensor) -> None:
         """Keep rows ``index`` (beam search: the surviving beams' parents, or the expansion to beams)."""
-        self.keys = [k.index_select(0, index) for k in self.keys]
-        self.values = [v.index_select(0, index) for v in self.values]
+        for cache in self.caches:
+            cache.reorder(index)
         self.key_mask = self.key_mask.index_select(0, index)
 
 
