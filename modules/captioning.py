@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from modules.components.decoder import beam_search, make_stepper
+from modules.components.decoder import beam_search, greedy_search, make_stepper
 from modules.components.fusion import FusionEncoder, VocabHead, prefix_lm_mask, rank_share
 from modules.heads.prompting import arg
 from modules.task_model import TaskModel
@@ -131,6 +131,9 @@ class CaptionModel(TaskModel):
         visual, valid = self.head.visual_tokens(video, video_mask)
         prefix = self.prefix(visual)
         stepper = make_stepper(self.caption_decoder(), prefix, valid, use_cache)
-        return beam_search(stepper, lambda ids: self.embed(ids, prefix),
-                           lambda hidden: self.vocab_logits(hidden[:, -1]).float().log_softmax(-1), video.shape[0],
-                           self.sot, self.eot, max_len, video.device, beam_size, length_penalty)
+        embed = lambda ids: self.embed(ids, prefix)  # noqa: E731
+        log_probs = lambda hidden: self.vocab_logits(hidden[:, -1]).float().log_softmax(-1)  # noqa: E731
+        if beam_size == 1:  # the same captions as beam search with one beam (tested), without its bookkeeping
+            return greedy_search(stepper, embed, log_probs, video.shape[0], self.sot, self.eot, max_len, video.device)
+        return beam_search(stepper, embed, log_probs, video.shape[0], self.sot, self.eot, max_len, video.device,
+                           beam_size, length_penalty)
