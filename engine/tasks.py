@@ -36,14 +36,8 @@ def get_task(args) -> "Task":
 
 def _import_task_modules() -> None:
     """Caption and QA tasks register on import (kept out of retrieval's start-up)."""
-    import importlib
-
-    for module in ("engine.caption", "engine.qa"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            if error.name != module:
-                raise
+    import engine.caption  # noqa: F401
+    import engine.qa  # noqa: F401
 
 
 @dataclass

@@ -258,8 +258,7 @@ def _run(args, env: DistEnv, training: bool, pretraining: bool) -> dict:
 
 
 def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, metrics_log: MetricsLog,
-          stop: StopRequest | None = None, task: Task | None = None) -> dict:
-    task = task or get_task(args)
+          stop: StopRequest | None, task: Task) -> dict:
     data = task.build_train_data(args, env, tokenizer=model.tokenizer())
     train_set = getattr(data.dataset, "text_dataset", None) and data.dataset  # QB-Norm's bank (map-style data)
     qb_norm = getattr(args, "qb_norm", False)
