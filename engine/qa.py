@@ -37,7 +37,7 @@ def add_qa_args(parser):
                         "vocabulary head (multi-token answers truncated; parity)")
     g.add_argument("--qa_retrieval_weight", type=float, default=0.0,
                    help="weight of the head's own retrieval loss on (question + answer, video) added to the answer CE "
-                        "(T2VLP: 1; default 0: the usual protocol, and one video pass per step instead of two)")
+                        "(T2VLP: 1; default 0: the usual protocol, and no text-tower pass for the answers)")
     parser.set_defaults(datatype="msrvtt_qa")
     return parser
 

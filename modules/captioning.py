@@ -108,7 +108,6 @@ class CaptionModel(TaskModel):
         with ctx.autocast():
             if self.retrieval_weight:
                 video_features, (visual, valid) = self.head.video_features_and_tokens(video, video_mask)
-                text_features = self.head.encode_text(ids, mask)
             else:
                 visual, valid = self.head.visual_tokens(video, video_mask)
             logits = self.caption_logits(visual, valid, ids, mask)
@@ -116,7 +115,7 @@ class CaptionModel(TaskModel):
         losses = {"caption": caption}
         total = caption
         if self.retrieval_weight:
-            retrieval = self.head.compute_loss(ctx.gather(text_features), ctx.gather(video_features))
+            retrieval = self.head_retrieval_loss(ids, mask, video_features, ctx)
             losses.update({f"retrieval_{k}": v for k, v in retrieval.items() if k != "loss"})
             losses["retrieval"] = retrieval["loss"]
             total = total + self.retrieval_weight * retrieval["loss"]

@@ -86,18 +86,19 @@ class QAModel(TaskModel):
         eot = visual.shape[1] + text_mask.sum(1).long() - 1
         return self.classifier(torch.cat([out[:, 0], out[torch.arange(out.shape[0], device=out.device), eot]], -1))
 
-    def predict(self, video: Tensor, video_mask: Tensor, text_ids: Tensor, text_mask: Tensor) -> Tensor:
-        visual, valid = self.head.visual_tokens(video, video_mask)
-        return self.answer_logits(visual, valid, text_ids, text_mask)
-
     def targets(self, batch: dict) -> Tensor:
         """The class of each item's answer (-1 outside the vocabulary), or its first token."""
         return batch["label"] if self.kind == "classifier" else batch["answer_token"]
 
     # -- training -------------------------------------------------------------------------------------
     def training_step(self, batch: dict, ctx) -> dict[str, Tensor]:
+        video, video_mask = batch["video"], batch["video_mask"]
         with ctx.autocast():
-            logits = self.predict(batch["video"], batch["video_mask"], batch["text_ids"], batch["text_mask"])
+            if self.retrieval_weight:  # one pass of the video tower for both losses
+                video_features, (visual, valid) = self.head.video_features_and_tokens(video, video_mask)
+            else:
+                visual, valid = self.head.visual_tokens(video, video_mask)
+            logits = self.answer_logits(visual, valid, batch["text_ids"], batch["text_mask"])
         target = self.targets(batch).long()
         known = target >= 0  # out-of-vocabulary answers are masked out of the CE
         count = ctx.gather_nograd(known.sum().reshape(1)).sum().clamp_min(1)
@@ -105,9 +106,7 @@ class QAModel(TaskModel):
         losses = {"qa": rank_share(local, count, ctx)}
         total = losses["qa"]
         if self.retrieval_weight:
-            pairs = {"text_ids": batch["qa_ids"], "text_mask": batch["qa_mask"], "video": batch["video"],
-                     "video_mask": batch["video_mask"]}
-            losses["retrieval"] = RetrievalHead.training_step(self.head, pairs, ctx)["loss"]
+            losses["retrieval"] = self.head_retrieval_loss(batch["qa_ids"], batch["qa_mask"], video_features, ctx)["loss"]
             total = total + self.retrieval_weight * losses["retrieval"]
         losses["loss"] = total
         return losses

@@ -57,6 +57,13 @@ class TaskModel(nn.Module):
     def training_step(self, batch: dict, ctx) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    def head_retrieval_loss(self, text_ids: Tensor, text_mask: Tensor, video_features, ctx) -> dict[str, Tensor]:
+        """The head's own retrieval loss (its ``compute_loss`` on the gathered batch) for these texts and the
+        videos' already encoded features (``head.video_features_and_tokens``: one pass of the video tower)."""
+        with ctx.autocast():
+            text = self.head.encode_text(text_ids, text_mask)
+        return self.head.compute_loss(ctx.gather(text), ctx.gather(video_features))
+
     def task_module_names(self) -> Sequence[str]:
         """Top-level children the task adds (trained at the full --lr)."""
         return [name for name, _ in self.named_children() if name != "head"]
