@@ -15,7 +15,7 @@ from dataloaders.base import VideoRecord
 from dataloaders.datasets.qa import QADataset
 from engine.distributed import DistEnv
 from engine.qa import QATask, accuracy_by_type, prediction_rows
-from gloo import local_rows, run_on_ranks
+from gloo import FP32_REORDER_TOLERANCE, assert_close_to_scale, local_rows, run_on_ranks
 from modules.clip import tokenize
 from modules.factory import add_model_args, build_model
 from modules.qa import QAModel
@@ -228,9 +228,9 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     run_on_ranks(_work, tmp_path)
     for rank in range(2):
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
-        assert abs(result["loss"] - single_loss) < 1e-5
+        assert abs(result["loss"] - single_loss) <= FP32_REORDER_TOLERANCE * max(1.0, abs(single_loss))
         for name, grad in single_grads.items():
-            assert torch.allclose(result["grads"][name], grad, atol=1e-6, rtol=1e-4), name
+            assert_close_to_scale(result["grads"][name], grad, FP32_REORDER_TOLERANCE, name)
         # Parameters the step does not reach (if any) get zeros from DDP, never another value.
         assert all(not result["grads"][n].any() for n in set(result["grads"]) - set(single_grads))
 
