@@ -4,7 +4,9 @@
 
 Each video becomes H.264 (video stream only) at exactly --fps frames per second (ffmpeg's fps filter,
 which drops/duplicates frames to the new rate; `-r` alone only relabels timestamps) with its short side
-scaled to --size and both sides even, for landscape and portrait alike. Outputs are written under a
+scaled down to --size and both sides even, for landscape and portrait alike. A video whose short side is
+already --size or less keeps its size (rounded down to even sides): upscaling adds pixels, not detail, and
+--allow_upscale is needed to scale it up to --size. Outputs are written under a
 temporary name and renamed when complete and readable, so an interrupted run resumes where it stopped:
 finished files are skipped. --fps, --size and --crf are recorded in OUTPUT_ROOT/compress_settings.json;
 a rerun with other values is refused in one line (--overwrite redoes every video instead), so outputs of
@@ -38,9 +40,13 @@ OTHER_SETTINGS_HINT = "rerun with --overwrite to redo every video, or choose ano
 _MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".avi": "avi", ".mkv": "matroska", ".3gp": "mp4"}
 
 
-def ffmpeg_command(src, dst, fps: float, size: int, muxer: str, crf: int, preset: str, threads: int) -> list[str]:
-    # Short side to `size`; -2 keeps the aspect ratio and rounds the other side to an even number.
-    scale = f"scale=w='if(gt(iw,ih),-2,{size})':h='if(gt(iw,ih),{size},-2)':flags=bicubic"
+def ffmpeg_command(src, dst, fps: float, size: int, muxer: str, crf: int, preset: str, threads: int,
+                   allow_upscale: bool = False) -> list[str]:
+    # Short side to `size` (or, without allow_upscale, to the source's own short side when that is smaller,
+    # rounded down to even for 4:2:0); -2 keeps the aspect ratio and rounds the other side to an even number.
+    width, height = (str(size), str(size)) if allow_upscale else (f"min({size},trunc(iw/2)*2)",
+                                                                    f"min({size},trunc(ih/2)*2)")
+    scale = f"scale=w='if(gt(iw,ih),-2,{width})':h='if(gt(iw,ih),{height},-2)':flags=bicubic"
     return [
         ffmpeg_binary(), "-nostdin", "-y", "-loglevel", "error", "-i", str(src),
         "-map", "0:v:0", "-an", "-sn", "-dn", "-map_chapters", "-1",
@@ -51,7 +57,8 @@ def ffmpeg_command(src, dst, fps: float, size: int, muxer: str, crf: int, preset
 
 
 def compress_one(src: Path, input_root: Path, output_root: Path, fps: float, size: int, crf: int, preset: str,
-                 threads: int, overwrite: bool, timeout: float | None) -> tuple[str, str, str]:
+                 threads: int, overwrite: bool, timeout: float | None,
+                 allow_upscale: bool = False) -> tuple[str, str, str]:
     """(source path, "done" | "skipped" | "failed", reason)."""
     dst = output_root / src.relative_to(input_root)
     if not overwrite and dst.exists() and dst.stat().st_size > 0:
@@ -59,7 +66,7 @@ def compress_one(src: Path, input_root: Path, output_root: Path, fps: float, siz
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + TEMP_MARK)
     muxer = _MUXERS.get(src.suffix.lower(), "matroska")
-    cmd = ffmpeg_command(src, tmp, fps, size, muxer, crf, preset, threads)
+    cmd = ffmpeg_command(src, tmp, fps, size, muxer, crf, preset, threads, allow_upscale)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
@@ -113,7 +120,10 @@ def main(argv=None) -> int:
     parser.add_argument("--input_root", required=True, help="folder of source videos (searched recursively)")
     parser.add_argument("--output_root", required=True, help="where the same tree of compressed videos goes")
     parser.add_argument("--fps", type=float, default=3, help="output frames per second (default 3)")
-    parser.add_argument("--size", type=int, default=224, help="output short side in pixels, even (default 224)")
+    parser.add_argument("--size", type=int, default=224,
+                        help="output short side in pixels, even (default 224); smaller videos keep their size")
+    parser.add_argument("--allow_upscale", action="store_true",
+                        help="also scale videos whose short side is below --size up to --size")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel ffmpeg jobs (default: all cores)")
     parser.add_argument("--crf", type=int, default=23, help="x264 quality, lower is better (default 23)")
     parser.add_argument("--preset", default="medium", help="x264 speed preset (default medium)")
@@ -125,7 +135,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     input_root, output_root = Path(args.input_root).resolve(), Path(args.output_root).resolve()
-    settings = {"fps": args.fps, "size": args.size, "crf": args.crf}
+    settings = {"fps": args.fps, "size": args.size, "crf": args.crf, "allow_upscale": args.allow_upscale}
     try:
         problem = _check_args(args, input_root, output_root)
         videos = [] if problem else list_videos(input_root, args.extensions.split(","))
@@ -143,7 +153,7 @@ def main(argv=None) -> int:
     job = functools.partial(compress_one, input_root=input_root, output_root=output_root, fps=args.fps,
                             size=args.size, crf=args.crf, preset=args.preset,
                             threads=max(1, (os.cpu_count() or 1) // workers), overwrite=args.overwrite,
-                            timeout=args.timeout)
+                            timeout=args.timeout, allow_upscale=args.allow_upscale)
     counts = {"done": 0, "skipped": 0, "failed": 0}
     failures = []
     for src, status, reason in run_parallel(job, videos, workers, "compressing"):

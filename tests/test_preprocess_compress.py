@@ -124,7 +124,8 @@ def test_rerun_with_other_settings_is_refused_or_redone_with_overwrite(tmp_path,
     base = ["--input_root", str(tmp_path / "in"), "--output_root", str(out), "--workers", "1", "--preset", "ultrafast",
             "--fps", "2"]
     assert compress_video.main(base + ["--size", "32"]) == 0
-    assert json.loads((out / "compress_settings.json").read_text()) == {"fps": 2.0, "size": 32, "crf": 23}
+    assert json.loads((out / "compress_settings.json").read_text()) == {"fps": 2.0, "size": 32, "crf": 23,
+                                                                          "allow_upscale": False}
     first = (out / "a.mp4").stat().st_mtime_ns
     capsys.readouterr()
 
@@ -142,3 +143,23 @@ def test_rerun_with_other_settings_is_refused_or_redone_with_overwrite(tmp_path,
     (out / "compress_settings.json").unlink()  # outputs whose settings were never recorded
     assert compress_video.main(base + ["--size", "48"]) == 2
     assert "holds videos but no compress_settings.json" in capsys.readouterr().err
+
+
+def test_small_videos_are_not_upscaled_unless_allowed(tmp_path):
+    # A 64x64 H.264 clip (the toy dataset's size) and an odd-sided 61x45 one, both below --size 224.
+    (tmp_path / "in").mkdir()
+    lavfi(tmp_path / "in" / "square.mp4", "testsrc=size=64x64:rate=10:duration=1", "-c:v", "libx264",
+          "-pix_fmt", "yuv420p")
+    lavfi(tmp_path / "in" / "odd.mkv", "testsrc=size=61x45:rate=10:duration=1", "-c:v", "ffv1")
+    base = ["--input_root", str(tmp_path / "in"), "--workers", "1", "--preset", "ultrafast", "--size", "224"]
+    assert compress_video.main(base + ["--output_root", str(tmp_path / "kept")]) == 0
+    sizes = {name: (video_stream(ffprobe(tmp_path / "kept" / name))["width"],
+                    video_stream(ffprobe(tmp_path / "kept" / name))["height"]) for name in ("square.mp4", "odd.mkv")}
+    assert sizes == {"square.mp4": (64, 64), "odd.mkv": (60, 44)}  # odd sides rounded down to even, never up
+
+    assert compress_video.main(base + ["--output_root", str(tmp_path / "up"), "--allow_upscale"]) == 0
+    assert json.loads((tmp_path / "up" / "compress_settings.json").read_text())["allow_upscale"] is True
+    stream = video_stream(ffprobe(tmp_path / "up" / "square.mp4"))
+    assert (stream["width"], stream["height"]) == (224, 224)
+    stream = video_stream(ffprobe(tmp_path / "up" / "odd.mkv"))
+    assert (stream["width"], stream["height"]) == (304, 224)  # 61 * 224 / 45 = 303.6 -> even
