@@ -1,6 +1,7 @@
 """The training engine end to end on real mp4 files: exact resume after a hard kill, broken videos,
 non-finite losses, metrics file, CLIP4Clip checkpoints through --init_model."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -332,3 +333,112 @@ def test_verify_videos_excludes_unreadable_videos_before_training(toy, tmp_path)
     # Above the limit the run stops before training, in one line naming the list.
     assert main_task_retrieval.main(run_args(data, tmp_path / "strict", "--verify_videos", "--max_decode_failures", "1")) == 2
     assert not (tmp_path / "strict" / "checkpoint_last.pt").exists()
+
+
+# -- optimiser: schedule and weight-decay exclusion ------------------------------------------------------
+
+
+def optim_args(*flags):
+    from engine.options import build_parser
+
+    return build_parser().parse_args(["--pretrained_clip_name", "tiny", "--clip_init", "random", *flags])
+
+
+def rates_per_step(args, total):
+    """The lr of the new-module group at each of ``total`` optimiser steps, read just before the step."""
+    from engine.optim import build_optimizer
+
+    class OneGroup(torch.nn.Module):
+        def param_groups(self, lr, coef_lr, weight_decay):
+            return [{"params": [param], "names": ["w"], "lr": lr, "weight_decay": weight_decay, "group": "new"}]
+
+    param = torch.nn.Parameter(torch.zeros(2, 2))
+    model = OneGroup()
+    optimizer, scheduler = build_optimizer(model, args, total)
+    rates = []
+    for _ in range(total):
+        rates.append(optimizer.param_groups[0]["lr"])
+        param.grad = torch.ones_like(param)
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+@pytest.mark.parametrize("optim", ["adamw", "bertadam"])
+def test_step_k_runs_at_the_rate_for_k_over_total_steps(optim):
+    """BertAdam's rate at step t is lr x schedule(t / t_total), t the steps already taken: the first step of
+    a warm-up is at 0 and the last one is not (the (k + 1) / total offset put it at 0)."""
+    lr, total, warmup = 1e-3, 10, 0.2
+    rates = rates_per_step(optim_args("--optim", optim, "--lr", str(lr), "--warmup_proportion", str(warmup)), total)
+    assert rates[0] == 0.0 and rates[1] == pytest.approx(lr * 0.1 / 0.2, rel=1e-12)
+    if optim == "bertadam":  # ½(1 + cos πx), x the overall progress (not re-normalised after warm-up)
+        last = 0.5 * (1 + math.cos(math.pi * 0.9))
+        assert rates[2] == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * 0.2)), rel=1e-12)
+    else:  # cosine from 1 at the end of warm-up to 0 at the end of training
+        last = 0.5 * (1 + math.cos(math.pi * (0.9 - 0.2) / 0.8))
+        assert rates[2] == pytest.approx(lr, rel=1e-12)
+    assert rates[-1] == pytest.approx(lr * last, rel=1e-12) and rates[-1] > 0
+
+
+def test_no_warmup_trains_the_first_step_at_the_full_rate():
+    assert rates_per_step(optim_args("--lr", "0.5", "--warmup_proportion", "0"), 4)[0] == 0.5
+
+
+def decayed_names(model, args):
+    from engine.optim import optimizer_groups
+
+    return {n for g in optimizer_groups(model, args) if g["weight_decay"] > 0 for n in g["names"]}
+
+
+def per_block(patterns, blocks):
+    """'...resblocks.N...' expanded over ``blocks`` (tower prefix -> block count)."""
+    out = set()
+    for pattern in patterns:
+        tower = next((t for t in blocks if pattern.startswith(t) and ".resblocks.N." in pattern), None)
+        out.update([pattern.replace(".N.", f".{i}.") for i in range(blocks[tower])] if tower else [pattern])
+    return out
+
+
+BLOCK_MATRICES = ["attn.in_proj_weight", "attn.out_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"]
+BLOCK_NORM_GAINS = ["ln_1.weight", "ln_2.weight"]
+
+
+def test_weight_decay_exclusion_decays_exactly_these_names_under_each_rule():
+    """A tiny HMMC pre-training model (temporal transformer, MLM head, FAM projector/predictor):
+    norms_and_1d decays matrices only; CLIP4Clip's list (the default under --optim bertadam) spares names
+    with 'bias' and HMMC's one LayerNorm (the MLM transform's), so CLIP's ln_*, class_embedding, the
+    temporal norms, the BatchNorm gains and the [MASK] embedding are decayed."""
+    from modules.factory import build_model
+
+    flags = ["--method", "hmmc", "--use_temp", "--use_frame_fea", "--freeze_layer_num", "-1", "--hmmc_stage",
+             "pretrain", "--contrast_num_negative", "8", "--hmmc_projector_hidden", "32", "--max_frames", "3"]
+    model = build_model(optim_args(*flags))
+    towers = {"clip.visual.transformer": model.clip.config.vision.layers,
+              "clip.text.transformer": model.clip.config.text.layers, "temporal.transformer": 4}
+    matrices = ["clip.text.positional_embedding", "clip.text.proj", "clip.text.token_embedding.weight",
+                "clip.visual.conv1.weight", "clip.visual.positional_embedding", "clip.visual.proj",
+                "mlm_head.0.weight", "mlm_head.3.weight", "temporal.frame_position_embeddings.weight",
+                "v_predictor.0.weight", "v_predictor.3.weight", "v_projector.0.weight", "v_projector.3.weight",
+                *(f"{tower}.resblocks.N.{m}" for tower in towers for m in BLOCK_MATRICES)]
+    gains = ["clip.text.ln_final.weight", "clip.visual.ln_post.weight", "clip.visual.ln_pre.weight",
+             "clip.visual.class_embedding", "mlm_mask_embedding", "v_predictor.1.weight", "v_projector.1.weight",
+             *(f"{tower}.resblocks.N.{g}" for tower in towers for g in BLOCK_NORM_GAINS)]
+    assert decayed_names(model, optim_args(*flags)) == per_block(matrices, towers)  # the head's rule
+    assert decayed_names(model, optim_args(*flags, "--weight_decay_exclude", "norms_and_1d")) == per_block(matrices, towers)
+    clip4clip = per_block(matrices + gains, towers)
+    assert decayed_names(model, optim_args(*flags, "--optim", "bertadam")) == clip4clip
+    assert decayed_names(model, optim_args(*flags, "--weight_decay_exclude", "bias_and_LayerNorm")) == clip4clip
+    spared = {n for n, p in model.named_parameters() if p.requires_grad} - clip4clip
+    assert spared == {n for n, p in model.named_parameters() if p.requires_grad and "bias" in n} | {"mlm_head.2.weight"}
+
+
+def test_clip4clip_exclusion_spares_the_tight_cross_encoders_norms():
+    """tightTransf's cross encoder stands for CLIP4Clip's BERT, whose norms are all named LayerNorm."""
+    from modules.factory import build_model
+
+    flags = ["--sim_header", "tightTransf", "--freeze_layer_num", "-1", "--cross_num_hidden_layers", "1"]
+    model = build_model(optim_args(*flags))
+    decayed = decayed_names(model, optim_args(*flags, "--optim", "bertadam"))
+    assert {"cross.resblocks.0.ln_1.weight", "cross.resblocks.0.ln_2.weight", "cross_ln.weight"}.isdisjoint(decayed)
+    assert {"clip.visual.ln_pre.weight", "clip.text.transformer.resblocks.0.ln_1.weight", "cross.resblocks.0"
+            ".mlp.c_fc.weight", "type_embeddings.weight", "clip.visual.class_embedding"} <= decayed

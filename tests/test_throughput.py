@@ -176,13 +176,14 @@ def losses_over_steps(model, args, steps=3):
     from engine.optim import build_optimizer
     from engine.trainer import step_losses
 
-    optimizer, _ = build_optimizer(model, args, 10)
+    optimizer, scheduler = build_optimizer(model, args, 10)
     torch.manual_seed(1)  # heads that draw (T2VLP's negatives, dropout) draw the same in both runs
     out = []
     for _ in range(steps):
         loss = step_losses(model, step_batch(), CPU)["loss"]
         loss.backward()
         optimizer.step()
+        scheduler.step()  # as the engine: the warm-up's first step is at lr 0
         optimizer.zero_grad(set_to_none=True)
         out.append(loss.item())
     return out, optimizer

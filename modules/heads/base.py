@@ -64,6 +64,12 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
+def norms_and_1d(name: str, param: Tensor) -> bool:
+    """The default no-weight-decay rule: biases, norms and every 1-D parameter (gains, class token,
+    logit scale); ``--weight_decay_exclude norms_and_1d`` applies it to any head."""
+    return param.ndim < 2 or name.endswith(".bias") or "ln_" in name or "norm" in name.lower()
+
+
 class RetrievalHead(nn.Module):
     """Base class: CLIP plus whatever the method adds. Subclasses override the encoders they change."""
 
@@ -156,7 +162,7 @@ class RetrievalHead(nn.Module):
 
     def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:
         """Biases, norms and 1-D parameters are not decayed (a head may follow its paper instead)."""
-        return param.ndim < 2 or name.endswith(".bias") or "ln_" in name or "norm" in name.lower()
+        return norms_and_1d(name, param)
 
     def clamp_logit_scale(self, max_value: float = 4.6052) -> None:
         """CLIP4Clip clamps the learnable temperature at ln 100 after each step."""

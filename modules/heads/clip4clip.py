@@ -86,6 +86,9 @@ class TightTransformer(RetrievalHead):
     """Cross encoder: caption tokens and frame features, with type and position embeddings, through a
     transformer; the first output scores the pair. Cost grows with texts x videos (chunked)."""
 
+    # CLIP4Clip's cross encoder is a BERT: its norms are named LayerNorm there (--weight_decay_exclude).
+    authors_layer_norm_prefixes = ("cross.",)
+
     def __init__(self, clip: CLIP, args=None):
         super().__init__(clip, args)
         dim = clip.embed_dim
