@@ -468,6 +468,16 @@ def test_hugging_face_text_tower(tiny_bert):
         build_model(args)
 
 
+def test_text_lr_covers_the_hugging_face_towers_projection(tiny_bert):
+    """HMMC's text_encoder holds RoBERTa and its Linear 768->512: both train at text_lr (1e-7 in fine-tuning)."""
+    model = hmmc_model("--text_encoder", tiny_bert, "--text_lr", "1e-7")
+    by_name = {n: g for g in model.param_groups(lr=1e-4, coef_lr=1e-3, weight_decay=0.2) for n in g["names"]}
+    text = {n for n, _ in trainable(model) if n.startswith("text_tower.")}
+    assert {"text_tower.proj.weight", "text_tower.proj.bias"} <= text
+    assert {(by_name[n]["lr"], by_name[n]["group"].removesuffix("_no_decay")) for n in text} == {(1e-7, "text")}
+    assert by_name["temporal.frame_position_embeddings.weight"]["lr"] == 1e-4
+
+
 # -- configs -------------------------------------------------------------------------------------------
 
 

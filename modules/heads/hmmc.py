@@ -367,8 +367,9 @@ class HMMC(RetrievalHead):
         return {"loss": w_vtm * vtm + w_ftm * ftm, "vtm": vtm, "ftm": ftm}
 
     def param_groups(self, lr: float, coef_lr: float, weight_decay: float) -> list[dict]:
-        """The base rule; with ``--text_lr`` the text encoder (CLIP's text tower or the HF model, not its
-        new projection) gets its own rate, as HMMC's ``text_lr``."""
+        """The base rule; with ``--text_lr`` the text encoder gets its own rate, as HMMC's ``text_lr``: CLIP's
+        text tower, or the Hugging Face model with its projection to the joint space (HMMC's
+        ``text_encoder`` module holds both, so the projection trains at 1e-7 in fine-tuning too)."""
         groups = super().param_groups(lr, coef_lr, weight_decay)
         text_lr = arg(self.args, "text_lr", None)
         if text_lr is None:
@@ -376,7 +377,7 @@ class HMMC(RetrievalHead):
         out = []
         for group in groups:
             suffix = "_no_decay" if group["group"].endswith("_no_decay") else ""
-            is_text = [n.startswith(("clip.text.", "text_tower.encoder.")) for n in group["names"]]
+            is_text = [n.startswith(("clip.text.", "text_tower.")) for n in group["names"]]
             for text, rate, label in ((False, group["lr"], group["group"]), (True, text_lr, "text" + suffix)):
                 chosen = [i for i, t in enumerate(is_text) if t == text]
                 if chosen:
