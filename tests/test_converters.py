@@ -399,3 +399,69 @@ def test_t2vlp_leftover_on_either_side_is_one_line_naming_it(tmp_path, change):
     message = str(error.value)
     assert "\n" not in message and "not loaded" in message
     assert (key if change == "extra" else "tube.local.resblocks.1.ln_2.bias") in message
+
+
+# -- every wrapper the seeds' training scripts write (their save code, key for key) --------------------------
+
+
+def bertadam_state(model):
+    """An optimiser state as BertAdam's state_dict() holds it: tensors beside plain numbers and strings."""
+    params = list(model.parameters())[:2]
+    return {"state": {i: {"step": 3, "next_m": torch.ones_like(p), "next_v": torch.ones_like(p)}
+                      for i, p in enumerate(params)},
+            "param_groups": [{"lr": 1e-7, "schedule": "warmup_cosine", "warmup": 0.1, "t_total": 90, "b1": 0.9,
+                              "b2": 0.98, "e": 1e-6, "weight_decay": 0.2, "max_grad_norm": 1.0, "params": [0, 1]}]}
+
+
+# seed script -> (layout, the tiny model, the object its save code passes to torch.save)
+SAVED_BY = {
+    "clip4clip main_task_retrieval.save_model": ("clip4clip", MODELS["clip4clip-seqTransf"][1:],
+                                                 lambda theirs, model: theirs),
+    "hmmc main_task_retrieval.save_model": ("hmmc", MODELS["hmmc"][1:], lambda theirs, model: theirs),
+    "dgl main.py": ("dgl", MODELS["dgl-transformer"][1:],
+                    lambda theirs, model: {"epoch": 5, "arch": "CLIP4Clip",
+                                           "state_dict": {f"module.{k}": v for k, v in theirs.items()},
+                                           "best_acc1": 45.8, "optimizer": bertadam_state(model)}),
+    "t2vlp main_task_clip.save_model": ("t2vlp", T2VLP_MODELS["stage-1"],
+                                        lambda theirs, model: {"global_step": 1500, "model_state_dict": theirs,
+                                                               "optim_state_dict": bertadam_state(model)}),
+    "t2vlp main_task_fusion.save_model": ("t2vlp", T2VLP_MODELS["stage-2"],
+                                          lambda theirs, model: {"global_step": 800, "model_state_dict": theirs,
+                                                                 "optim_state_dict": bertadam_state(model)}),
+    "t2vlp video_text_retrieval save_model": ("t2vlp", T2VLP_MODELS["downstream-retrieval"],
+                                              lambda theirs, model: {"global_step": 60, "model_state_dict": theirs,
+                                                                     "optim_state_dict": bertadam_state(model),
+                                                                     "epoch": 4}),
+}
+
+
+@pytest.mark.parametrize("script", list(SAVED_BY))
+def test_the_file_each_seed_script_saves_loads_exactly(tmp_path, script):
+    fmt, flags, wrap = SAVED_BY[script]
+    source = tiny(flags)
+    path = tmp_path / "pytorch_model.bin.3"
+    torch.save(wrap(CONVERTERS[fmt].from_ours(source.state_dict()), source), path)
+    args = parse("--init_model", str(path), *(("--t2vlp_stage", "2") if "fusion" in script else ()))
+    loaded = build_model(args)
+    assert args.method == source.head_name
+    kept = without_counters(loaded.state_dict()) if fmt == "t2vlp" else loaded.state_dict().keys()
+    for key in kept:
+        assert torch.equal(loaded.state_dict()[key], source.state_dict()[key]), key
+
+
+def test_hmmc_file_without_a_logit_scale_gets_the_scale_hmmc_scores_with(tmp_path, caplog):
+    from engine.evaluate import dsl_temperature
+
+    source = tiny(MODELS["hmmc"][1:])
+    theirs = CONVERTERS["hmmc"].from_ours(source.state_dict())
+    del theirs["logit_scale"], theirs["visual_encoder.logit_scale"]  # HMMC keeps it as a plain tensor: not saved
+    torch.save(theirs, tmp_path / "pytorch_model.bin.4")
+    args = parse("--init_model", str(tmp_path / "pytorch_model.bin.4"))
+    caplog.set_level("INFO")
+    loaded = build_model(args)
+    assert loaded.clip.logit_scale.item() == torch.tensor(np.log(100.0), dtype=torch.float32).item()
+    assert dsl_temperature(loaded, args) == pytest.approx(100.0, rel=1e-6)  # not CLIP's initial 1/0.07
+    assert "clip.logit_scale set to ln 100" in caplog.text
+    for key, value in source.state_dict().items():
+        if key != "clip.logit_scale":
+            assert torch.equal(loaded.state_dict()[key], value), key

@@ -236,3 +236,42 @@ def test_do_eval_of_a_simvtp_file_equals_its_source_model(toy, tmp_path):  # noq
     seed_file = save_simvtp(source, tmp_path / "simvtp_msrvtt.pth")
     got = evaluate(toy, tmp_path / "seed", "--init_model", str(seed_file))  # every model flag from the weights
     assert got == expected
+
+
+def test_simvtp_deepspeed_checkpoint_folder_loads(tmp_path):
+    """SimVTP's fine-tuning runs under DeepSpeed (fp16): ``save_checkpoint`` writes the weights under "module" of
+    <output_dir>/checkpoint-N/mp_rank_00_model_states.pt, beside the engine's bookkeeping, and the tag to
+    <output_dir>/latest. The file, its folder and the run folder all load."""
+    source = tiny(MODELS["finetuned"])
+    module = {k: v.half() if v.is_floating_point() else v for k, v in CONVERTER.from_ours(source.state_dict()).items()}
+    tag = tmp_path / "checkpoint-29"
+    tag.mkdir()
+    torch.save({"module": module, "buffer_names": ["video_encoder.pos_embed"], "optimizer": None,
+                "param_shapes": [{k: v.shape for k, v in module.items()}], "frozen_param_shapes": None,
+                "shared_params": {}, "frozen_param_fragments": None, "lr_scheduler": None, "data_sampler": None,
+                "random_ltd": None, "sparse_tensor_module_names": set(), "skipped_steps": 2, "global_steps": 300,
+                "global_samples": 9600, "dp_world_size": 8, "mp_world_size": 1, "ds_config": {"fp16": {"enabled": True}},
+                "ds_version": "0.8.0", "epoch": 29}, tag / "mp_rank_00_model_states.pt")
+    (tmp_path / "latest").write_text("checkpoint-29")
+    for given in (tag / "mp_rank_00_model_states.pt", tag, tmp_path):
+        loaded = build_model(parse("--init_model", str(given)))
+        for key, value in source.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value.half().float()), (given, key)
+
+
+def test_our_simvtp_pretraining_file_logs_what_fine_tuning_takes_from_it(tmp_path, caplog):
+    source = tiny(MODELS["pretrained"])
+    torch.save({"model": source.state_dict()}, tmp_path / "model_final.pt")
+    caplog.set_level("INFO")
+    tuned = build_model(parse("--init_model", str(tmp_path / "model_final.pt"), "--method", "simvtp",
+                              "--pretrained_clip_name", "tiny", "--clip_init", "random"))
+    assert tuned.stage == "finetune"
+    assert all(torch.equal(v, source.state_dict()["clip." + k[len("text_trunk."):]])
+               for k, v in tuned.state_dict().items() if k.startswith("text_trunk."))
+    assert "start fresh" not in caplog.text  # the text copy is the checkpoint's trunk, not a fresh module
+    assert f"text_trunk.* not in the checkpoint: {FRESH_FOR_FINETUNING['text_trunk.']}" in caplog.text
+    mapped = re.search(r"(\d+) tensors mapped \((.*)\)", caplog.text)
+    counts = dict(re.findall(r"([\w ]+?) (\d+)(?:, |$)", mapped[2]))
+    assert sum(map(int, counts.values())) == int(mapped[1]) == len([k for k in source.state_dict() if k.startswith(
+        "clip.") and not k.startswith("clip.norm.")])  # what was loaded: no decoder or MLM head among them
+    assert set(counts) == {"CLIP blocks", "CLIP text", "CLIP vision"}

@@ -8,7 +8,6 @@ explains is *unexplained*, and the load fails naming it (``modules.converters.ch
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Collection, Mapping, Sequence
 
@@ -29,6 +28,7 @@ class Conversion:
     dropped: dict[str, list[str]] = field(default_factory=dict)  # reason -> checkpoint keys not loaded
     unexplained: list[str] = field(default_factory=list)  # checkpoint keys no rule of the layout knows
     not_needed: dict[str, str] = field(default_factory=dict)  # model key prefix -> why the file may lack it
+    notes: list[str] = field(default_factory=list)  # values the conversion sets that the file lacks, and why
     refusal: str | None = None  # the layout is recognised but its model is not one this project computes
 
     def drop(self, reason: str, key: str) -> None:
@@ -38,9 +38,6 @@ class Conversion:
     def explained(self) -> float:
         """Share of the checkpoint's tensors the layout accounts for (mapped or dropped by a rule)."""
         return 1.0 - len(self.unexplained) / max(1, self.source_keys)
-
-    def groups(self) -> Counter:
-        return Counter(group_of(key) for key in self.state)
 
 
 def group_of(key: str) -> str:

@@ -1,9 +1,9 @@
 """Reading checkpoint files and loading a conversion into a model with every tensor accounted for.
 
 ``read_checkpoint`` accepts what ``modules.clip.loading.read_state_dict`` reads (pickles and ``.pth.tar``
-archives with ``weights_only=True``, TorchScript, safetensors, Hugging Face folders), unwraps
-``state_dict`` / ``model`` / ``module`` entries, strips DDP's ``module.`` prefix, and keeps the last file in
-memory so that the flag inference and the load read it once.
+archives with ``weights_only=True``, TorchScript, safetensors, Hugging Face folders) and DeepSpeed's checkpoint
+folders, unwraps the entries the seeds' training scripts keep the weights under (``WRAPPERS``), strips DDP's
+``module.`` prefix, and keeps the last file in memory so that the flag inference and the load read it once.
 
 ``plan_load`` compares a conversion with a model's state dict (real or on the meta device) and lists
 whatever is left on either side; ``load_into_model`` raises them as one ``CheckpointError`` line or loads,
@@ -12,6 +12,7 @@ casting floating tensors (fp16 files) to the model's dtypes, and logs what was m
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -22,11 +23,16 @@ from torch import Tensor
 from modules.clip.loading import CheckpointError, read_state_dict
 
 from . import choose_converter
-from .base import Conversion
+from .base import Conversion, group_of
 
 log = logging.getLogger(__name__)
 
-WRAPPERS = ("state_dict", "model", "module")  # entries that hold the weights in training checkpoints
+# Entries that hold the weights in training checkpoints: DGL's ckpt.best.pth.tar ("state_dict"), SimVTP's
+# checkpoint-N.pth ("model"), DeepSpeed's mp_rank_00_model_states.pt ("module"), T2VLP's pytorch_model.bin.N
+# ("model_state_dict", beside "global_step" and "optim_state_dict"). CLIP4Clip and HMMC save the bare state dict.
+WRAPPERS = ("state_dict", "model", "module", "model_state_dict")
+# DeepSpeed's save_checkpoint writes <dir>/<tag>/mp_rank_00_model_states.pt and the last tag to <dir>/latest.
+DEEPSPEED_WEIGHTS, DEEPSPEED_LATEST = "mp_rank_00_model_states.pt", "latest"
 PRETRAIN_ONLY = "tensors that only pre-training uses"  # the log wording of our own pre-training runs
 _cache: dict[tuple, dict[str, Tensor]] = {}
 
@@ -57,7 +63,7 @@ def _key(path: Path) -> tuple:
 
 def read_checkpoint(path) -> dict[str, Tensor]:
     """The tensors of a checkpoint file or folder, unwrapped, without DDP's ``module.`` prefix."""
-    path = Path(path)
+    path = deepspeed_weights(Path(path))
     if not path.exists():
         raise CheckpointError(f"--init_model {path}: no such file")
     key = _key(path)
@@ -67,6 +73,19 @@ def read_checkpoint(path) -> dict[str, Tensor]:
         _cache.clear()
         _cache[key] = unwrap(state, path)
     return _cache[key]
+
+
+def deepspeed_weights(path: Path) -> Path:
+    """The weights file of a DeepSpeed checkpoint folder (a tag's folder, or the run folder whose ``latest``
+    names the tag); any other path unchanged."""
+    if not path.is_dir():
+        return path
+    if (path / DEEPSPEED_WEIGHTS).is_file():
+        return path / DEEPSPEED_WEIGHTS
+    latest = path / DEEPSPEED_LATEST
+    if latest.is_file() and (path / latest.read_text().strip() / DEEPSPEED_WEIGHTS).is_file():
+        return path / latest.read_text().strip() / DEEPSPEED_WEIGHTS
+    return path
 
 
 def forget_checkpoints() -> None:
@@ -117,6 +136,10 @@ class LoadPlan:
     shapes: list[str] = field(default_factory=list)  # "key (checkpoint shape) vs (model shape)"
     fresh_3d_patch: bool = False  # --linear_patch 3d from a 2-D checkpoint: conv2 starts from conv1
     head_in_file: bool = False
+
+    def groups(self) -> Counter:
+        """Tensors to load by log group (CLIP tower or head module); what plan_load dropped is not counted."""
+        return Counter(group_of(key) for key in self.tensors)
 
     @property
     def head_fresh(self) -> bool:
@@ -190,7 +213,7 @@ def load_into_model(model, path, init_format: str | None = None) -> LoadPlan:
             casts[str(value.dtype)] = casts.get(str(value.dtype), 0) + 1
             plan.tensors[key] = value.to(own[key].dtype)
     model.load_state_dict(plan.tensors, strict=False)
-    groups = ", ".join(f"{group} {count}" for group, count in sorted(conv.groups().items()) if count)
+    groups = ", ".join(f"{group} {count}" for group, count in sorted(plan.groups().items()) if count)
     log.info("%s: %d tensors mapped (%s)", where, len(plan.tensors), groups)
     for reason, keys in conv.dropped.items():
         if not keys:
@@ -200,6 +223,8 @@ def load_into_model(model, path, init_format: str | None = None) -> LoadPlan:
             log.info("%s: dropped %d %s (%s)", path, len(keys), reason, modules)
         else:
             log.info("%s: dropped %d %s: %s", path, len(keys), reason, names(keys, 4))
+    for note in conv.notes:
+        log.info("%s: %s", path, note)
     for dtype, count in casts.items():
         log.info("%s: %d %s tensors converted to the model's dtype", path, count, dtype.replace("torch.", ""))
     for prefix, why in conv.not_needed.items():

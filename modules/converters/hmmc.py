@@ -12,7 +12,9 @@ Layout of the fine-tuned model:
   -> ``text_tower.encoder.*`` and ``text_tower.proj`` (``--text_encoder``);
 * ``logit_scale`` (1,) -> ``clip.logit_scale``; ``visual_encoder.logit_scale`` (a copy of CLIP's) and
   ``weight_sum`` are read by no score (dropped). HMMC's scores scale both terms by the same temperature, so
-  retrieval ranks never depend on it.
+  retrieval ranks never depend on it, but what the scale multiplies does (the loss, ``--dsl``'s default
+  temperature). A file with neither (HMMC's fine-tuning model keeps CLIP's scale as a plain tensor, which
+  ``state_dict()`` leaves out) gets the value that tensor holds, OpenAI CLIP's ln 100, and the log says so.
 
 A pre-training checkpoint (``main_pretrain.py``'s ``BirdPreTrainedModel``) also holds momentum copies
 (``*_k.``), queues (``queue_*``), the FAM projector/predictor and the MLM head (``cls.``): dropped, as our
@@ -20,6 +22,7 @@ own ``pretrain_only_prefixes`` are when a fine-tuning model starts from a pre-tr
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import torch
@@ -31,6 +34,8 @@ from .base import Conversion, Converter, ImpliedFlags, Layout, Reshape, register
 
 PRETRAINING_ONLY = "tensors that only HMMC's pre-training uses (momentum copies, queues, projector/predictor, MLM head)"
 UNREAD = "tensors no HMMC score reads (weight_sum; the visual encoder's copy of the logit scale)"
+NO_SCALE = ("no logit scale in the file (HMMC's model keeps OpenAI CLIP's as a plain tensor, fixed and not saved): "
+            "clip.logit_scale set to ln 100, the scale HMMC scores and trains with")
 
 
 @register_converter
@@ -60,7 +65,8 @@ class HMMC(Converter):
             conv.state["clip.logit_scale"] = state["visual_encoder.logit_scale"].reshape(())
             conv.dropped[UNREAD].remove("visual_encoder.logit_scale")
         elif "clip.logit_scale" not in conv.state:  # versions that keep it as a plain tensor (not saved)
-            conv.not_needed["clip.logit_scale"] = "HMMC scales both terms of its score alike: ranks do not depend on it"
+            conv.state["clip.logit_scale"] = torch.tensor(math.log(100.0))
+            conv.notes.append(NO_SCALE)
         if any(k.startswith("text_tower.") for k in conv.state):
             conv.not_needed["clip.text."] = "HMMC's Chinese text encoder replaces CLIP's text tower, which stays unused"
         return conv

@@ -35,6 +35,7 @@ from modules.components.matching import cosine_matrix, matching_labels, norm_sof
 from modules.components.pixel_decoder import PixelDecoder
 from modules.components.pixels import pixel_targets
 from modules.components.tube_mask import TubeMaskGenerator
+from modules.converters.simvtp import FRESH_FOR_FINETUNING
 from modules.videomae.loading import load_part
 from modules.videomae.transformer import JointTrunk, complete_tubelets
 
@@ -164,6 +165,13 @@ class SimVTP(RetrievalHead):
                 load_part(getattr(self, name), {k[len(name) + 1:]: v for k, v in source.fc_norms.items()
                                                 if k.startswith(name + ".")}, name, source.path)
         self.register_load_state_dict_post_hook(SimVTP._text_copy_from_trunk)
+
+    def optional_in_checkpoint(self, state) -> dict[str, str]:
+        """{prefix: how it starts} for the modules the dual encoder adds, when ``state`` is a pre-training
+        checkpoint (one trunk, no text copy): the loader accepts their absence and logs these lines."""
+        if self.stage == "pretrain" or any(k.startswith("text_trunk.") for k in state):
+            return {}
+        return dict(FRESH_FOR_FINETUNING)
 
     @staticmethod
     def _text_copy_from_trunk(module: "SimVTP", incompatible) -> None:
