@@ -255,3 +255,24 @@ def test_config_round_trip_keeps_mlp_ratio():
                                 "layers": 1, "heads": 1, "mlp_ratio": 2.0}, "text": {"width": 32, "layers": 1, "heads": 1}})
     model = build_clip(cfg)
     assert model.visual.transformer.resblocks[0].mlp.c_fc.out_features == 64
+
+
+def test_fp16_weights_text_input_is_the_fp16_sum_of_fp16_embeddings():
+    """``--precision fp16_weights`` reproduces OpenAI CLIP's (and CLIP4Clip's) fp16 text path: the token
+    embedding and the position embedding are each cast to fp16, then added in fp16 (bit-exact)."""
+    from types import SimpleNamespace
+
+    from engine.trainer import convert_clip_to_fp16
+    from modules.clip.transformer import TokenTap
+
+    model = tiny_model(seed=1)
+    convert_clip_to_fp16(SimpleNamespace(clip=model))
+    ids, _ = tokenize(["a red ball rolls to the left of a green cube, slowly", "two hands"], max_words=77)
+    tap = TokenTap([0])
+    with torch.no_grad():
+        model.encode_text(ids, hooks=[tap])
+        tokens, positions = model.text.token_embedding(ids), model.text.positional_embedding[: ids.shape[1]]
+        by_hand = tokens.half() + positions.half()  # CPU fp16 addition: one rounding of the fp16 operands' sum
+        fp32_sum_cast = (tokens + positions).half()
+    assert tap.tokens[0].dtype == torch.float16 and torch.equal(tap.tokens[0], by_hand)
+    assert not torch.equal(by_hand, fp32_sum_cast)  # the two orders differ on these inputs: the check can fail

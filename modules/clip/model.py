@@ -102,12 +102,14 @@ class TextTransformer(nn.Module):
         self.transformer.init_weights()
 
     def embed(self, ids: Tensor) -> Tensor:
-        """(N, L) ids -> (N, L, width) token plus position embeddings."""
+        """(N, L) ids -> (N, L, width) token plus position embeddings, in the dtype of the blocks."""
         if ids.shape[1] > self.cfg.context_length:
             raise ValueError(f"{ids.shape[1]} tokens exceed the context length {self.cfg.context_length}")
-        x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]
-        # Embeddings stay fp32 when the blocks hold fp16 weights (CLIP4Clip's fp16 mode): follow the blocks.
-        return x.to(self.transformer.resblocks[0].attn.in_proj_weight.dtype) if self.transformer.layers else x
+        blocks = self.transformer.resblocks
+        dtype = blocks[0].attn.in_proj_weight.dtype if len(blocks) else self.token_embedding.weight.dtype
+        # With fp16 blocks (CLIP4Clip's fp16 weights) the embeddings stay fp32; as in OpenAI's CLIP, each is cast
+        # to fp16 first and the sum is taken in fp16 (adding in fp32, then casting, rounds differently).
+        return self.token_embedding(ids).to(dtype) + self.positional_embedding[: ids.shape[1]].to(dtype)
 
     def forward(self, ids: Tensor, hooks: Sequence[BlockHook] = (), pool_index: Tensor | None = None,
                 return_tokens: bool = False):
