@@ -7,7 +7,9 @@
 retrievals: for N test captions, the caption and its top-5 videos as frame strips with scores, the ground
 truth framed in green (``--failures``: only captions whose ground truth is not first); the numbers behind
 the picture are written beside it as JSON. curves: training loss and learning rate (from log.txt) and
-validation/test R@1 (from metrics.jsonl) over training, one line per run. gap: the modality gap (UMP's
+each run's own score from metrics.jsonl (retrieval: text-to-video R@1; captioning: CIDEr; QA: accuracy; one
+panel per score) over training, one line per run and split, named by as much of its path as tells the runs
+apart; a split evaluated once (a test at the end) is a star labelled as such. gap: the modality gap (UMP's
 figure): paired caption and video embeddings of the test set in 2-D (UMAP when umap-learn is installed,
 else PCA), two checkpoints side by side.
 """
@@ -154,38 +156,69 @@ def training_log(run: Path) -> dict:
     return {"steps": steps, "epochs": epochs}
 
 
-def evaluation_log(run: Path) -> dict[str, list[tuple[int, float]]]:
-    """R@1 (t2v) per split over epochs from metrics.jsonl (records without an epoch are left out)."""
-    out: dict[str, list[tuple[int, float]]] = {}
+# The score each task selects its kept epoch by (engine.tasks' score_key), as the curves' panels name it.
+SCORE_PANELS = {"t2v/R1": ("text-to-video R@1", "R@1 (%)"), "CIDEr": ("captioning CIDEr", "CIDEr"),
+                "accuracy": ("QA accuracy", "accuracy (%)")}
+
+
+def evaluation_log(run: Path) -> tuple[str | None, dict[str, list[tuple[int, float]]]]:
+    """(the run's score, its values per split over epochs) from metrics.jsonl: the first of
+    SCORE_PANELS its records hold (records without an epoch are left out)."""
     path = run / "metrics.jsonl"
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        record = json.loads(line)
-        if record.get("epoch") is not None and "t2v/R1" in record.get("metrics", {}):
-            out.setdefault(record["split"], []).append((record["epoch"], record["metrics"]["t2v/R1"]))
-    return out
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    records = [r for r in records if r.get("epoch") is not None]
+    score = next((key for key in SCORE_PANELS if any(key in r.get("metrics", {}) for r in records)), None)
+    out: dict[str, list[tuple[int, float]]] = {}
+    for record in records:
+        if score in record.get("metrics", {}):
+            out.setdefault(record["split"], []).append((record["epoch"], record["metrics"][score]))
+    return score, out
+
+
+def run_labels(runs: list[Path]) -> list[str]:
+    """The shortest trailing part of each run's path that tells the runs apart (a/seed1 and b/seed1, not
+    seed1 twice); a folder given twice gets its position appended."""
+    parts = [Path(run).resolve().parts for run in runs]
+    distinct = list(dict.fromkeys(parts))
+    for depth in range(1, max(len(p) for p in distinct) + 1):
+        names = {p: str(Path(*p[-depth:])) for p in distinct}
+        if len(set(names.values())) == len(distinct):
+            break
+    return [names[p] + (f" ({i + 1})" if parts.count(p) > 1 else "") for i, p in enumerate(parts)]
 
 
 def curves_figure(runs: list[Path], out) -> tuple[Path, dict]:
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4), dpi=DPI)
-    data = {}
+    logs = {}
     for run in runs:
-        train, evals = training_log(run), evaluation_log(run)
+        train, (score, evals) = training_log(run), evaluation_log(run)
         if not train["steps"] and not train["epochs"] and not evals:
             raise ValueError(f"{run}: neither log.txt training lines nor metrics.jsonl evaluations")
-        data[str(run)] = {"train": train, "eval": evals}
-        label = run.name
+        logs[run] = train, score, evals
+    scores = [key for key in SCORE_PANELS if any(score == key for _, score, _ in logs.values())] or ["t2v/R1"]
+    fig, axes = plt.subplots(1, 2 + len(scores), figsize=(5 * (2 + len(scores)), 4), dpi=DPI)
+    data = {}
+    for number, (run, label) in enumerate(zip(runs, run_labels(runs))):
+        colour = f"C{number % 10}"  # one colour per run in every panel
+        train, score, evals = logs[run]
+        data[str(run)] = {"label": label, "train": train, "score": score, "eval": evals}
         points = train["steps"] or [(e, loss, lr) for e, loss, lr in train["epochs"]]
         if points:
             x, loss, lr = zip(*points)
             marker = "o" if len(points) < 20 else None
-            axes[0].plot(x, loss, label=label, marker=marker)
-            axes[1].plot(x, lr, label=label, marker=marker)
+            axes[0].plot(x, loss, label=label, marker=marker, color=colour)
+            axes[1].plot(x, lr, label=label, marker=marker, color=colour)
+        ax = axes[2 + scores.index(score)] if score else None
         for split, values in sorted(evals.items()):
-            x, r1 = zip(*values)
-            axes[2].plot(x, r1, marker="o", linestyle="-" if split == "val" else "--", label=f"{label} {split}")
-    for ax, title, ylabel in zip(axes, ("training loss", "learning rate", "text-to-video R@1"),
-                                 ("loss", "lr", "R@1 (%)")):
+            x, value = zip(*values)
+            if len(values) == 1:  # one evaluation (typically the test at the end): a star, not a lost dot
+                ax.plot(x, value, marker="*", markersize=12, linestyle="none", color=colour,
+                        label=f"{label} {split} (evaluated once, epoch {x[0]})")
+            else:
+                ax.plot(x, value, marker="o", linestyle="-" if split == "val" else "--", color=colour,
+                        label=f"{label} {split}")
+    panels = [("training loss", "loss"), ("learning rate", "lr")] + [SCORE_PANELS[key] for key in scores]
+    for ax, (title, ylabel) in zip(axes, panels):
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
@@ -193,7 +226,16 @@ def curves_figure(runs: list[Path], out) -> tuple[Path, dict]:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.subplots_adjust(left=0.05, right=0.98, bottom=0.13, top=0.9, wspace=0.25)
-    return _save(fig, out), data
+    return _save(fig, out), {"runs": data, "panels": [_panel_record(ax) for ax in axes]}
+
+
+def _panel_record(ax) -> dict:
+    """What a panel of the curves shows (written beside the PNG): its title and each line's legend label,
+    marker and points."""
+    return {"title": ax.get_title(), "ylabel": ax.get_ylabel(),
+            "lines": [{"label": line.get_label(), "marker": line.get_marker(),
+                       "points": [[float(x), float(y)] for x, y in zip(line.get_xdata(), line.get_ydata())]}
+                      for line in ax.get_lines()]}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """Pictures of SimVTP's masked autoencoding (SimVTP's ``vis.sh``): one PNG per clip.
 
     python -m tools.visualize_mae --checkpoint ckpts/simvtp_pretrain/model_final.pt \\
-        --videos a.mp4 b.mp4 --captions "a man is cooking" "a dog runs on grass" --output_dir vis/
+        --videos a.mp4 b.mp4 --captions "a man is cooking" "a dog runs on grass" [--out DIR]
 
-Rows of the picture: the input frames, the same frames with the masked tubes greyed out, and the
-reconstruction (visible tubes as given, masked tubes predicted by the pixel decoder, each predicted tube
+The PNGs and summary.json go to --out (default: mae_pictures/ beside the checkpoint, i.e. in its run's
+folder). Rows of the picture, each labelled on its left: the input frames, the same frames with the masked
+tubes greyed out, and the reconstruction (visible tubes as given, masked tubes predicted by the pixel decoder, each predicted tube
 de-standardised with its own input tube's mean and std, as MAE's pictures do). Below them the caption,
 the caption as the model saw it ([MASK] at the masked words) and the caption with the predicted words
 filled in (in brackets).
@@ -90,24 +91,44 @@ def caption_lines(model, result: dict, caption: str) -> list[str]:
     return [f"caption:   {caption}", f"masked:    {' '.join(masked)}", f"predicted: {' '.join(filled)}"]
 
 
+def row_labels(result: dict) -> list[str]:
+    masked, tubes = int(result["mask"].sum()), int(result["mask"].numel())
+    return ["input", f"masked: {masked} of {tubes} tubes", "reconstruction"]
+
+
+def text_font(size: int = 12):
+    """A monospaced TrueType font (matplotlib's DejaVu Sans Mono): Pillow's default font draws a space
+    a third as wide as a letter, which runs the words of a caption together ("afterwardsa")."""
+    from matplotlib import font_manager
+    from PIL import ImageFont
+
+    path = font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans Mono"))
+    return ImageFont.truetype(path, size)
+
+
 def picture(result: dict, lines: list[str], scale: int):
-    """One PNG: 3 rows (input, masked, reconstruction) x frames, the caption lines below."""
+    """One PNG: 3 labelled rows (input, masked, reconstruction) x frames, the caption lines below, the
+    canvas as wide as its longest text."""
     from PIL import Image, ImageDraw
 
     rows = [result["input"], result["masked"], result["reconstruction"]]
     frames = result["real_frames"]
     tiles = [[Image.fromarray((row[t].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for t in range(frames)]
              for row in rows]
+    font, labels = text_font(), row_labels(result)
     side = tiles[0][0].width * scale
-    gap, text_height = 4, 16 * len(lines) + 8
-    width = max(frames * (side + gap) + gap, 8 * max(len(line) for line in lines) + 2 * gap)
-    canvas = Image.new("RGB", (width, 3 * (side + gap) + gap + text_height), "white")
-    for r, row in enumerate(tiles):
-        for t, tile in enumerate(row):
-            canvas.paste(tile.resize((side, side), Image.NEAREST), (gap + t * (side + gap), gap + r * (side + gap)))
+    gap, line_height = 4, 16
+    left = int(max(font.getlength(label) for label in labels)) + 2 * gap  # the row labels' column
+    width = max(left + frames * (side + gap), int(max(font.getlength(line) for line in lines)) + 2 * gap)
+    canvas = Image.new("RGB", (width, 3 * (side + gap) + gap + line_height * len(lines) + 8), "white")
     draw = ImageDraw.Draw(canvas)
+    for r, row in enumerate(tiles):
+        top = gap + r * (side + gap)
+        draw.text((gap, top + side // 2), labels[r], fill="black", font=font, anchor="lm")
+        for t, tile in enumerate(row):
+            canvas.paste(tile.resize((side, side), Image.NEAREST), (left + t * (side + gap), top))
     for i, line in enumerate(lines):
-        draw.text((gap, 3 * (side + gap) + gap + 16 * i), line, fill="black")
+        draw.text((gap, 3 * (side + gap) + gap + line_height * i), line, fill="black", font=font)
     return canvas
 
 
@@ -116,7 +137,8 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--videos", nargs="+", required=True)
     parser.add_argument("--captions", nargs="*", default=None, help="one per video (default: none)")
-    parser.add_argument("--output_dir", default="vis")
+    parser.add_argument("--out", "--output_dir", dest="output_dir", default=None,
+                        help="folder of the PNGs and summary.json (default: mae_pictures/ beside the checkpoint)")
     parser.add_argument("--bert_path", default=None, help="the vocabulary (SimVTP's .pth, or a moved BERT folder)")
     parser.add_argument("--mask_ratio", type=float, default=None, help="video tube mask ratio (default: the model's)")
     parser.add_argument("--text_mask_ratio", type=float, default=None)
@@ -143,7 +165,7 @@ def main(argv=None) -> int:
 
     loader = VideoClipLoader.from_args(flags, train=False)
     tokenize = model.tokenizer() or __import__("modules.clip", fromlist=["tokenize"]).tokenize
-    out_dir = Path(args.output_dir)
+    out_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).resolve().parent / "mae_pictures"
     out_dir.mkdir(parents=True, exist_ok=True)
     scale = args.scale or max(1, 128 // model.clip.config.image_size)
     summary = []
@@ -155,7 +177,7 @@ def main(argv=None) -> int:
         lines = caption_lines(model, result, caption)
         target = out_dir / f"{i:03d}_{Path(path).stem}.png"
         picture(result, lines, scale).save(target)
-        summary.append({"video": str(path), "png": str(target), "lines": lines,
+        summary.append({"video": str(path), "png": str(target), "lines": lines, "row_labels": row_labels(result),
                         "masked_tubes": int(result["mask"].sum()), "tubes": int(result["mask"].numel())})
         print(target)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
