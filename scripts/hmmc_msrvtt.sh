@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# HMMC fine-tuning on MSR-VTT 9k / 1k-A (seed README: 5 epochs, global batch 256 on 8 GPUs, top-2 frames,
+# HMMC fine-tuning on MSR-VTT 9k / 1k-A (HMMC's README: 5 epochs, global batch 256 on 8 GPUs, top-2 frames,
 # lr 1e-4 for new modules, CLIP visual 1e-4 x 1e-3, text tower 1e-7), from INIT_MODEL (a main_pretrain.py
 # checkpoint; unset: CLIP). Test score = video cosine + mean of the top-2 frame cosines.
 source "$(dirname "$0")/common.sh"

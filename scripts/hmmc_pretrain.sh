@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# HMMC pre-training (seed README: 11 epochs, global batch 128 on 8 GPUs, queue 1024, m 0.99, 12 frames,
+# HMMC pre-training (HMMC's README: 11 epochs, global batch 128 on 8 GPUs, queue 1024, m 0.99, 12 frames,
 # lr 1e-4 for new modules and the text tower, CLIP's visual tower at 1e-4 x 1e-3), zero-shot MSR-VTT
 # 1k-A after every epoch.
 #   Corpus, one of:  SHARDS="/data/webvid_shards/{000000..000999}.tar"   (preprocess/make_shards.py)

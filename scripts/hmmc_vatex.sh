@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # HMMC fine-tuning on VATEX (HGR split), English or LANGUAGE=chinese (then TEXT_ENCODER: a local copy of
-# hfl/chinese-roberta-wwm-ext); the seed README's MSR-VTT settings, selection on VATEX's validation split.
+# hfl/chinese-roberta-wwm-ext); HMMC's README settings for MSR-VTT, selection on VATEX's validation split.
 source "$(dirname "$0")/common.sh"
 require_env DATA_DIR "the folder with the caption json and train_list.txt / val_list.txt / test_list.txt" \
   VIDEO_DIR "the folder with the VATEX clips"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# MSVD-QA with main_task_qa.py: T2VLP's MSRVTT-QA recipe (scripts/common.sh qa_recipe; the spec lists no other for
+# MSVD-QA with main_task_qa.py: T2VLP's MSRVTT-QA recipe (scripts/common.sh qa_recipe; T2VLP gives no other for
 # MSVD-QA), selection on val accuracy, test accuracy (overall and per answer type) reported.
 #   DATA_DIR (train.jsonl, val.jsonl, test.jsonl, train_ans2label.json), VIDEO_DIR (the MSVD videos, <id>.avi,
 #   searched in sub-folders too); optional INIT_MODEL, QA_HEAD (classifier | first_token), METHOD, NPROC,

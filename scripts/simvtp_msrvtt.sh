@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SimVTP fine-tuning on MSR-VTT 9k / 1k-A (spec §4.3; configs/simvtp_msrvtt.yaml): the dual encoder (two
+# SimVTP fine-tuning on MSR-VTT 9k / 1k-A (SimVTP's finetune_msrvtt.sh; configs/simvtp_msrvtt.yaml): the dual encoder (two
 # copies of the pre-trained trunk), 100 epochs, global batch 64, base lr 3e-4 x 64 / 256 = 7.5e-5, drop
 # path 0.1, 16 frames at stride 4. PRETRAINED: SimVTP's released pre-training .pth, a UniVTR pre-training
 # model_final.pt (scripts/simvtp_pretrain.sh), or SimVTP's fine-tuned .pth with ONLY_TEST=1 (SimVTP's

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SimVTP pre-training (spec §4.3; configs/simvtp_pretrain.yaml): VideoMAE ViT-B/16 joint trunk from
+# SimVTP pre-training (SimVTP's pretrain_webvid.sh; configs/simvtp_pretrain.yaml): VideoMAE ViT-B/16 joint trunk from
 # VideoMAE's K400 1600-epoch checkpoint, BERT-base-uncased embeddings, 200 epochs, global batch 1024,
 # base lr 1.5e-4 x 1024 / 256 = 6e-4, tube masking 0.9, text masking 0.75, 16 frames at stride 4,
 # zero-shot MSR-VTT 1k-A after every epoch.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# T2VLP retrieval on MSR-VTT 9k / 1k-A (seed README's main_task_retrieval_msrvtt.py; configs/t2vlp_msrvtt.yaml):
+# T2VLP retrieval on MSR-VTT 9k / 1k-A (T2VLP's main_task_retrieval_msrvtt.py; configs/t2vlp_msrvtt.yaml):
 # InfoNCE + alignment + VTM, 5 epochs, global batch 32, lr 5e-5, fusion at 5e-6, CLIP at 5e-8; at test the top
 # 32 candidates of every query are re-scored by the fusion VTM, beside the raw numbers.
 #   DATA_DIR, VIDEO_DIR; optional INIT_MODEL (a stage-2 checkpoint of scripts/t2vlp_stage2.sh), NPROC, OUTPUT_DIR,

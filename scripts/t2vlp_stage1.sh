@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# T2VLP stage 1 (seed README's start_clip.sh; configs/t2vlp_stage1.yaml): CLIP ViT-B/16 with joint last blocks,
+# T2VLP stage 1 (T2VLP's start_clip.sh; configs/t2vlp_stage1.yaml): CLIP ViT-B/16 with joint last blocks,
 # tube tokens and local alignment, pre-trained on WebVid captions (frozen_train_labels.json): 5 epochs, global
 # batch 32, lr 1e-4, CLIP at 1e-7, tube module at 1e-5; zero-shot MSR-VTT 1k-A after every epoch.
 # scripts/t2vlp_stage2.sh runs this script for stage 2 (configs/t2vlp_stage2.yaml, INIT_MODEL required).

@@ -1,4 +1,4 @@
-"""DGL conformance tests (team spec §4: common and DGL 1-9), tiny CLIP unless a count or shape needs B/32."""
+"""DGL conformance tests (the common checks and DGL's own), tiny CLIP unless a count or shape needs B/32."""
 import math
 
 import pytest

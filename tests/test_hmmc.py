@@ -1,4 +1,4 @@
-"""HMMC (``--method hmmc``): the spec's conformance tests 1-7 (§6), padding, one pre-training step, the
+"""HMMC (``--method hmmc``): conformance tests of HMMC's losses and scores, padding, one pre-training step, the
 Hugging Face text tower, checkpoints between the stages, and 2 gloo ranks against one process."""
 import argparse
 import math

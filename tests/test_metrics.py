@@ -8,7 +8,7 @@ from modules import metrics as M
 
 
 def reference_legacy(sim: np.ndarray) -> dict:
-    """CLIP4Clip's square metric re-stated from the spec: sort each row descending, take every 0-based
+    """CLIP4Clip's square metric re-stated from its metrics.py: sort each row descending, take every 0-based
     position whose value equals the diagonal value, then R@K = % of positions < K, MdR / MnR =
     median / mean position + 1."""
     positions = []

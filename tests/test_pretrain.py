@@ -116,7 +116,7 @@ def test_pretraining_streams_webdataset_shards(corpora, tmp_path):
     assert (tmp_path / "out" / "model_final.pt").is_file()
 
 
-# The seed README's three commands, with data paths given (and torch.distributed.launch's --local-rank).
+# HMMC's three README commands, with data paths given (and torch.distributed.launch's --local-rank).
 SEED_PRETRAIN = """--local-rank=0 --do_pretrain --num_thread_reader=8 --epochs=11 --batch_size=128 --n_display=596
 --contrast_num_negative 1024 --contrast_momentum 0.99
 --output_dir ckpts/pretrain/ablation7w_11epoch/FAM0.05_VTM0.45_FTM0.45_MLM0.05_m0.99_q1024_f30_e-7_e-4_11epoch_8GPU

@@ -1,4 +1,4 @@
-"""SimVTP (``--method simvtp``): the spec's conformance tests 14-20 (§6), the four-pass pre-training step,
+"""SimVTP (``--method simvtp``): conformance tests of SimVTP's masks and losses, the four-pass pre-training step,
 2 gloo ranks against one process, exact resume of a killed pre-training run, and pre-train -> fine-tune
 -> evaluate on generated videos."""
 import argparse

@@ -1,6 +1,6 @@
-"""T2VLP (``--method t2vlp``): the spec's conformance tests 8-13 (§6), padding, the three stages' steps,
+"""T2VLP (``--method t2vlp``): conformance tests of tube tokens, alignment and fusion, padding, the three stages' steps,
 loading between stages, re-ranked evaluation, 2 gloo ranks (unequal batches) against one process, the
-frozen_train_labels.json dataset, the seed README's commands and a stage 1 -> stage 2 -> re-ranked
+frozen_train_labels.json dataset, T2VLP's README commands and a stage 1 -> stage 2 -> re-ranked
 retrieval round trip on generated videos."""
 import argparse
 import json
@@ -461,7 +461,7 @@ def test_frozen_dataset_groups_captions_and_refuses_tfrecords(tmp_path):
         load_records(args, "train")
 
 
-# -- the seed README's commands (T2VLP's light launcher replaced by torchrun) -------------------------
+# -- T2VLP's README commands (its light launcher replaced by torchrun) -------------------------
 
 SEED_STAGE1 = """--do_train --num_thread_reader=2 --visual_pretrain_path ./CLIP-modules/ViT-B-16.pt
 --cross_config_path ./CLIP-modules --epochs=5 --batch_size=32 --n_display=50

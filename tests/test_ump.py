@@ -1,4 +1,4 @@
-"""UMP conformance tests (team spec §4: common and UMP 1-6) for the reconstructed R-UPG / R-STS."""
+"""UMP conformance tests (the common checks and UMP's own) for the reconstructed R-UPG / R-STS."""
 import pytest
 import torch
 from prompt_tuning_helpers import (Recorder, check_clip_bit_identical_after_step, check_frozen_clip,
@@ -248,7 +248,7 @@ def test_zero_gradient_at_init_parameters_come_alive_after_one_step():
 
 @pytest.mark.parametrize("pooling", ["mean", "xpool"])
 def test_every_trainable_parameter_is_decayed(pooling):
-    """Spec section 3.6: weight decay on every trainable parameter (biases, norms and banks included)."""
+    """UMP's X-Pool-based script: weight decay on every trainable parameter (biases, norms and banks included)."""
     from engine.optim import build_optimizer
     from engine.options import parse_args
     from modules.factory import build_model

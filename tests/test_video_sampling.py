@@ -9,7 +9,7 @@ from dataloaders.video import sample_indices
 
 
 def clip4clip_reference(frame_count, fps, max_frames, start=None, end=None, framerate=1, slice_pos=2):
-    """CLIP4Clip's extractor loop and dataset slicing, restated plainly from the spec (§2.1):
+    """CLIP4Clip's extractor loop and dataset slicing, restated plainly from CLIP4Clip's code:
     seek to each second, read ``framerate`` frames spaced int(fps)//framerate apart, stop at the first
     frame that does not exist, then cut to max_frames."""
     per_sec = int(fps)

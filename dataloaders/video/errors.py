@@ -2,7 +2,7 @@
 
 A loader that cannot read a video raises one of these instead of handing zeros to the model: CLIP4Clip
 returns an all-zero clip for an unreadable file, and the zero vector later becomes NaN after L2
-normalisation and poisons every rank's loss (spec datasets_and_protocols.md §2.1).
+normalisation and poisons every rank's loss.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tube tokens and local alignment (T2VLP, team spec §3.2-3.3).
+"""Tube tokens and local alignment (T2VLP, github.com/Unified-Robots/T2VLP).
 
 ``TubeTokens``: learned semantic centres soft-pool the patch tokens of every frame (the input of the
 first joint block of the vision tower), one pooled token per (centre, frame); for each centre the

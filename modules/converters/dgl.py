@@ -2,7 +2,7 @@
 ``{"state_dict": model.state_dict(), "optimizer": ..., "epoch": ...}`` of the DDP-wrapped ``CLIP4Clip`` of
 ``modules/clip4clip.py``, whose ``clip`` is the prompted CLIP of ``modules/clip.py``).
 
-Layout (team spec ump_dgl.md §2.7), all under ``clip.`` with OpenAI's names for CLIP itself:
+Layout (DGL's ckpt.best.pth.tar), all under ``clip.`` with OpenAI's names for CLIP itself:
 
 * ``clip.visual.prompt_embeddings`` (1, n_g, W_v): the global prompts -> our ``prompt_embeddings`` (n_g, W_v);
   ``clip.visual.position_ids`` is an index buffer (0..P): dropped;

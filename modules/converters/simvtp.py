@@ -1,5 +1,5 @@
 """``--init_format simvtp``: SimVTP's released checkpoints (mayuelala/SimVTP; its code is the release commit kept in
-the fork wufeim/SimVTP: ``modeling_pretrain.py``, ``modeling_finetune.py``). Team spec hmmc_t2vlp_simvtp.md §4.
+the fork wufeim/SimVTP: ``modeling_pretrain.py``, ``modeling_finetune.py``).
 
 Two layouts, with no tensor name in common, onto the ``simvtp`` head (``modules/heads/simvtp.py``, whose
 ``clip`` slot holds the VideoMAE ``JointTrunk``):

@@ -1,7 +1,7 @@
 """``--init_format t2vlp``: T2VLP's ``pytorch_model.bin.N`` (Unified-Robots/T2VLP; stage 1 ``main_task_clip.py``
 with ``modules/modeling.py`` + ``modules/module_clip.py``, stage 2 ``main_task_fusion.py`` with
 ``modules/modeling_fusion.py`` + ``modules/module_clip_fusion.py``; the downstream retrieval files keep the
-stage-2 model). Team spec hmmc_t2vlp_simvtp.md §3.
+stage-2 model).
 
 Layout, all of it under ``clip.`` except the wrapper's ``visual_linear``:
 
@@ -9,12 +9,12 @@ Layout, all of it under ``clip.`` except the wrapper's ``visual_linear``:
 * tube module: ``clip.fusion_center`` (1, 1, K, W_v) -> ``tube.centers`` (K, W_v); ``clip.fusion_proj_center`` ->
   ``tube.center_proj``; ``clip.local_visual.transformer.resblocks.N`` / ``ln_post`` / ``proj`` -> ``tube.local``,
   ``tube.ln_post``, ``tube.proj``. The local copy's ``conv1``, ``class_embedding``, ``positional_embedding`` and
-  ``ln_pre`` are copied from CLIP and never run (spec §3.2): dropped;
+  ``ln_pre`` are copied from CLIP and never run: dropped;
 * fusion (stage 2 and downstream): ``clip.fusion_transformer.resblocks.0..5`` -> ``fusion.transformer``
-  (blocks 6..11 exist but are never executed, spec §3.4: dropped); ``clip.fusion_positional_embedding`` ->
+  (blocks 6..11 exist but are never executed: dropped); ``clip.fusion_positional_embedding`` ->
   ``fusion.positional_embedding``; ``clip.fusion_proj_embedding`` / ``clip.fusion_logit_bias`` -> ``vocab_head.proj``
   / ``vocab_head.bias``; ``clip.fusion_{unmatch,match}_matrix`` -> ``match.{unmatch,match}``;
-* ``clip.lm_head`` and ``visual_linear``: modules T2VLP builds that none of the computations of spec §3 uses
+* ``clip.lm_head`` and ``visual_linear``: modules T2VLP builds that none of its objectives uses
   (its vocabulary logits come from ``fusion_proj_embedding``): dropped.
 
 Stage 2 and the downstream retrieval model share this layout, so a file with the fusion tensors implies

@@ -1,4 +1,4 @@
-"""DGL: Dynamic Global-Local prompt tuning (``--method dgl``), per docs/prompt_tuning.md and the team spec.
+"""DGL: Dynamic Global-Local prompt tuning (``--method dgl``), per docs/prompt_tuning.md and github.com/knightyxp/DGL.
 
 CLIP stays frozen. A "shared latent space" generates, for every prompted block, both the text prompts
 and the frame (local) prompts: a Linear map from one small table (``--shared_latent_space linear``) or

@@ -1,4 +1,4 @@
-"""HMMC: Hierarchical Matching and Momentum Contrast (``--method hmmc``), per the team spec §2.
+"""HMMC: Hierarchical Matching and Momentum Contrast (``--method hmmc``), after github.com/cheetah003/HMMC.
 
 Video side: CLIP frame features f (B, T, D) -> temporal transformer o = TT(f + P) + f (``--use_temp``)
 -> v = masked mean of norm(o_i) (a mean of unit vectors, not re-normalised). Padded frames (video mask
@@ -9,13 +9,13 @@ Retrieval score: cos(t, v) + mean of the top-k cos(t, f_i) over the valid frames
 HMMC's s·cos(t, v) + mean top-k s·cos(t, f_i) divided by the logit scale s, so rankings are the same.
 
 Fine-tuning (the default): the dual loss w_vtm·CE_sym(s·t̂v̂ᵀ) + w_ftm·mean over valid frames of
-CE_sym(s·t̂f̂_iᵀ), with CE_sym the project's ½(rows + columns) convention (the spec's CE_sym is the sum
-of both, i.e. twice this). Pre-training (``--hmmc_stage pretrain``, implied by main_pretrain.py's
+CE_sym(s·t̂f̂_iᵀ), with CE_sym the project's ½(rows + columns) convention (HMMC's code sums
+both, i.e. twice this). Pre-training (``--hmmc_stage pretrain``, implied by main_pretrain.py's
 ``--do_pretrain``): ``training_step`` runs MoCo (query forward, momentum update, key forward,
 FAM/VTM/FTM against queues, enqueue, MLM); see ``HMMC.training_step``. Fine-tuning drops the
 pre-training-only state of a checkpoint on load (``HMMC.pretrain_only_prefixes``).
 
-Choices where HMMC's code cannot be followed or is a bug (spec §2.7):
+Choices where HMMC's code cannot be followed or is a bug:
 * Logit scale: CLIP's learnable one (clamped at 100 by the engine) by default; ``--hmmc_fixed_logit_scale``
   fixes it at 100 as HMMC's untracked tensor does. In pre-training it is frozen (no loss uses it).
 * [MASK] for CLIP's vocabulary: a learned embedding (plus the position embedding) replaces the token
@@ -151,7 +151,7 @@ def frame_text_infonce(text: Tensor, frames: Tensor, video_mask: Tensor, scale: 
 
 
 # ----------------------------------------------------------------------------------------------------
-# Pre-training losses (spec §2.2)
+# Pre-training losses (HMMC's FAM, VTM, FTM, MLM)
 
 
 def adjacent_frame_pairs(video_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -392,7 +392,7 @@ class HMMC(RetrievalHead):
             self.queue.check_batch(global_batch)
 
     def training_step(self, batch: dict, ctx) -> dict[str, Tensor]:
-        """Fine-tuning: the default (encode, gather, ``compute_loss``). Pre-training, in the spec's order:
+        """Fine-tuning: the default (encode, gather, ``compute_loss``). Pre-training, in HMMC's order:
         1. query forward (gathered from every rank, with gradient); 2. momentum update of the key
         encoders (once per optimiser step); 3. key forward (no gradient, gathered); 4. FAM, VTM, FTM
         against the queues; 5. enqueue the normalised keys of the global batch; 6. MLM through the

@@ -1,4 +1,4 @@
-"""SimVTP: masked video-text autoencoding on one joint VideoMAE trunk (``--method simvtp``), spec §4.
+"""SimVTP: masked video-text autoencoding on one joint VideoMAE trunk (``--method simvtp``), arXiv 2212.03490.
 
 The backbone is the second family (``--backbone videomae_joint``, ``modules.videomae``): one ViT for
 video tubes and BERT-embedded text. ``self.clip`` is RetrievalHead's backbone slot; here it holds the
@@ -291,7 +291,7 @@ class SimVTP(RetrievalHead):
         return out
 
     def _pretraining_step(self, batch: dict, ctx) -> dict[str, Tensor]:
-        """The four passes of spec §4.1; every loss is a mean over the global batch (per-sample sums and
+        """SimVTP's four passes; every loss is a mean over the global batch (per-sample sums and
         counts gathered), so 2 ranks equal one process (tested)."""
         trunk = self.clip
         video, video_mask = complete_tubelets(batch["video"], batch["video_mask"], trunk.config.tubelet_size)

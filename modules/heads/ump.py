@@ -1,8 +1,8 @@
 """UMP: Unified Modality-aware Prompt tuning (``--method ump``) -- a documented RECONSTRUCTION.
 
 UMP's public code is unfinished (no shared generator, no shift module) and differs from the paper's
-figure, so the internals here follow the team spec's reconstruction (docs/prompt_tuning.md), and every
-choice the spec marks as inferred is a flag:
+figure, so the internals here follow a reconstruction (docs/prompt_tuning.md), and every
+choice that the paper's figure and README leave open is a flag:
 
 * R-UPG (``UnifiedPromptGenerator``): ONE module for both branches. Per block k a learnable bank
   P_k (N_p x d_u) attends (single head, width d_a) to the current tokens of the modality it prompts,
@@ -232,7 +232,7 @@ class UMP(PromptTuningHead):
         if self.pooling == "xpool":
             self.pooler = TextConditionedPool(clip.embed_dim, arg(args, "ump_pool_dropout", 0.3))
 
-    # The X-Pool script (spec section 3.6) decays every trainable parameter, biases and norms included.
+    # UMP's X-Pool-based training script decays every trainable parameter, biases and norms included.
     def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:
         return False
 

@@ -1,6 +1,6 @@
 """The VideoMAE joint trunk: tubelet embedding, BERT text embedding, one stack of ViT blocks for both.
 
-``JointTrunk`` follows the backbone contract of spec §5:
+``JointTrunk`` follows the backbone contract the heads rely on:
 
 * ``embed_video(video)`` (B, T, 3, H, W) -> (B, N, W) tokens in Conv3d flatten order (t, h, w),
   with the fixed sin-cos table added (no CLS token, no learned positions);
