@@ -306,3 +306,31 @@ def test_bad_settings_are_refused():
         tiny_model("dgl", "--dgl_attention", "frame")
     with pytest.raises(ValueError, match="at most 2"):
         tiny_model("dgl", "--unified_transformer_layers", "3")
+
+
+# -- padded frames: hidden by default; --padded_frames last_frame is DGL's loader -------------------------
+def load_clip(path, fill: str, slots: int = 12, output: str = "float32"):
+    from dataloaders.video import VideoClipLoader
+
+    return VideoClipLoader(max_frames=slots, image_size=32, mode="uniform", padded_frames=fill, output=output)(path)
+
+
+def test_last_frame_fill_is_dgls_loader_and_reaches_the_global_prompts(make_video):
+    """A 5-frame video in 12 slots. Default: zeros under mask 0, and the embedding is that of the 5 frames
+    alone. last_frame: DGL's indices clip(arange(12), 0, 4) under an all-ones mask, so the global prompts
+    read the copies (DGL's model never reads the mask)."""
+    path = make_video("short.mp4", num_frames=5, fps=5, size=(40, 40))
+    video, mask = load_clip(path, "masked")
+    filled, filled_mask = load_clip(path, "last_frame")
+    assert mask.tolist() == [1] * 5 + [0] * 7 and not video[5:].any()
+    assert filled_mask.tolist() == [1] * 12
+    torch.testing.assert_close(filled, video[[0, 1, 2, 3, 4, 4, 4, 4, 4, 4, 4, 4]], rtol=0, atol=0)
+    frames_u8, mask_u8 = load_clip(path, "last_frame", output="uint8")  # the workers' hand-over to the device
+    assert mask_u8.tolist() == [1] * 12 and frames_u8.dtype == torch.uint8 and bool((frames_u8[5:] == frames_u8[4]).all())
+    model = tiny_model("dgl", *TRANSFORMER).eval()
+    with torch.no_grad():
+        masked = model.encode_video(video[None], mask[None])
+        alone = model.encode_video(video[None, :5], mask[None, :5])
+        parity = model.encode_video(filled[None], filled_mask[None])
+    torch.testing.assert_close(masked, alone, rtol=0, atol=1e-5 * float(alone.abs().max()))
+    assert float((parity - masked).abs().max()) > 1e-2 * float(masked.abs().max())

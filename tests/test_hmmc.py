@@ -520,3 +520,39 @@ def test_two_gloo_ranks_pretraining_step_equals_one_process(tmp_path):
         assert_same_step(result, single)
         for name, value in single["state"].items():
             assert_close_to_scale(result["state"][name].float(), value.float(), FP32_REORDER_TOLERANCE, name)
+
+
+# -- padded frames: hidden by default; --padded_frames stretch is HMMC's frame pick ----------------------
+
+
+def test_stretch_fill_repeats_frames_as_hmmc_and_its_mean_and_top_k_count_the_repeats(make_video):
+    """A 5-frame video in 12 slots. HMMC's loader picks linspace(0, N, 12, endpoint=False) of its N stored
+    frames, so with N = 5 every slot holds a real frame: 0,0,0,1,1,2,2,2,3,3,4,4 under an all-ones mask. By
+    hand (no temporal module): v = Σ_k c_k norm(f_k) / 12 with c = (3,2,3,2,2), and the top-2 frame term
+    counts a repeated best frame twice; the default is the plain mean and top-2 over the 5 frames."""
+    from dataloaders.video import VideoClipLoader
+
+    path = make_video("short.mp4", num_frames=5, fps=5, size=(40, 40))
+    clips = {fill: VideoClipLoader(max_frames=12, image_size=32, mode="uniform", padded_frames=fill)(path)
+             for fill in ("masked", "stretch")}
+    (video, mask), (filled, filled_mask) = clips["masked"], clips["stretch"]
+    picks = [0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4]
+    assert mask.tolist() == [1] * 5 + [0] * 7 and filled_mask.tolist() == [1] * 12
+    torch.testing.assert_close(filled, video[picks], rtol=0, atol=0)
+
+    model = hmmc_model("--top_frames", "2").eval()
+    model.temporal = None  # v = mean of the unit frame features
+    ids, text_mask = tokenize(["a red ball rolls past"], 12)
+    with torch.no_grad():
+        text = F.normalize(model.encode_text(ids, text_mask), dim=-1)
+        frames = F.normalize(model.clip.encode_image(video[:5]), dim=-1)
+        scores = {fill: model.similarity(text, model.encode_video(clip[None], clip_mask[None]))
+                  for fill, (clip, clip_mask) in clips.items()}
+    frame_scores = (frames @ text[0]).tolist()
+    counts = torch.tensor([3.0, 2, 3, 2, 2])
+    by_hand = {"masked": (frames.mean(0), sorted(frame_scores)[-2:]),
+               "stretch": ((counts[:, None] * frames).sum(0) / 12, sorted(frame_scores[k] for k in picks)[-2:])}
+    for fill, (v, top) in by_hand.items():  # fp32 sums of at most 12 unit-scale terms: 1e-5 is ample
+        expected = float(text[0] @ F.normalize(v, dim=-1)) + sum(top) / 2
+        assert float(scores[fill]) == pytest.approx(expected, abs=1e-5), fill
+    assert abs(float(scores["stretch"]) - float(scores["masked"])) > 1e-4

@@ -10,7 +10,7 @@ import torch
 
 from .backends import VideoInfo, candidate_backends, check_file, codec_failure, open_reader
 from .errors import EmptyWindowError, VideoDecodeError, VideoNotFoundError
-from .sampling import MODES, sample_indices
+from .sampling import MODES, PADDED_FRAMES, padded_slot_sources, sample_indices
 from .transforms import OUTPUTS, PIXELS_KEY, AugmentConfig, eval_plan, eval_transform, train_plan, train_transform
 
 
@@ -63,6 +63,10 @@ class VideoClipLoader:
     ``train_mode`` says whether the loader feeds training: it moves the ``stride`` window to a random
     position and lets ``train_augment`` apply. None means "training iff train_augment is set".
 
+    ``padded_frames`` other than "masked" fills the slots of a short clip with its own frames (copies of
+    the last one, DGL's loader; or each frame repeated in time order, HMMC's) under an all-ones mask, for
+    parity with code whose models never read the mask (``sampling.padded_slot_sources``).
+
     ``output="uint8"`` returns the frames as uint8 0..255 (padding 0) for normalisation on the device;
     ``jpeg_decode="device"`` (lmdb backend, one view) returns the clip's stored JPEG files and its
     transform as one ``bytes`` object (``jpeg_device.pack``) for decoding on the device. Either way the
@@ -74,11 +78,14 @@ class VideoClipLoader:
                  frame_order: int = 0, train_mode: bool | None = None, train_augment: bool = False,
                  lmdb_path=None, stride: int = 4, threads: int = 1,
                  augment: AugmentConfig = AugmentConfig(), normalize: str = "clip",
-                 test_views: tuple[int, int] = (1, 1), output: str = "float32", jpeg_decode: str = "cpu"):
+                 test_views: tuple[int, int] = (1, 1), output: str = "float32", jpeg_decode: str = "cpu",
+                 padded_frames: str = "masked"):
         if mode not in MODES:
             raise ValueError(f"unknown sample mode {mode!r}; choose one of {', '.join(MODES)}")
         if output not in OUTPUTS:
             raise ValueError(f"unknown frame output {output!r}; choose one of {', '.join(OUTPUTS)}")
+        if padded_frames not in PADDED_FRAMES:
+            raise ValueError(f"unknown --padded_frames {padded_frames!r}; choose one of {', '.join(PADDED_FRAMES)}")
         if jpeg_decode not in ("cpu", "device"):
             raise ValueError(f"unknown JPEG decoding {jpeg_decode!r}; choose cpu or device")
         if backend == "lmdb" and lmdb_path is None:
@@ -98,6 +105,7 @@ class VideoClipLoader:
         self.test_views = (1, 1) if self.train_mode else tuple(int(v) for v in test_views)
         self.threads = int(threads)
         self.output = output
+        self.padded_frames = padded_frames
         self.packed = jpeg_decode == "device" and self.backends == ["lmdb"] and self.test_views == (1, 1)
         self.sampling = dict(feature_framerate=int(feature_framerate), slice_framepos=int(slice_framepos),
                              frame_order=int(frame_order), stride=int(stride), train=self.train_mode)
@@ -132,6 +140,7 @@ class VideoClipLoader:
             test_views=views,
             output=get("loader_frames", "uint8") if device_side else "float32",
             jpeg_decode=jpeg,
+            padded_frames=get("padded_frames", "masked"),
         )
 
     def batch_fields(self) -> dict:
@@ -185,7 +194,8 @@ class VideoClipLoader:
         size = self.image_size
         plan = (train_plan(info.height, info.width, size, rng, self.augment) if self.train_augment
                 else eval_plan(info.height, info.width, size))
-        return pack(jpegs, plan), self._mask(len(jpegs))
+        sources = padded_slot_sources(len(jpegs), self.max_frames, self.padded_frames)
+        return pack([jpegs[i] for i in sources], plan), self._mask(len(sources))
 
     def _mask(self, count: int) -> torch.Tensor:
         mask = torch.zeros(self.max_frames, dtype=torch.long)
@@ -193,6 +203,8 @@ class VideoClipLoader:
         return mask
 
     def _padded(self, clip):
+        if self.padded_frames != "masked":
+            clip = clip[padded_slot_sources(len(clip), self.max_frames, self.padded_frames)]
         # Zeros only pad a short clip up to max_frames (mask 0 there); a failed decode raised above.
         video = torch.zeros(self.max_frames, 3, self.image_size, self.image_size, dtype=clip.dtype)
         video[:len(clip)] = clip
@@ -230,6 +242,11 @@ def add_video_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--video_backend", default="auto", choices=["auto", "decord", "cv2", "pyav", "torchcodec", "lmdb"],
         help="decoder; auto = fastest installed, falling back per file (lmdb: frames from --lmdb_path)")
     add("--max_frames", type=int, default=12, help="frames per clip (padded and masked when shorter)")
+    add("--padded_frames", default="masked", choices=list(PADDED_FRAMES),
+        help="slots of a clip shorter than --max_frames: masked = zeros under video mask 0, hidden from every "
+             "attention, mean and top-k (default); for parity, a clip's own frames under an all-ones mask, "
+             "read by the model as real ones: last_frame = copies of the last frame (DGL's loader), "
+             "stretch = each frame repeated in time order (HMMC's frame pick); see docs/reproduce.md")
     add("--feature_framerate", type=int, default=1, help="clip4clip mode: frames taken per second")
     add("--slice_framepos", type=int, default=2, choices=[0, 1, 2],
         help="clip4clip mode, more than max_frames candidates: 0 head, 1 tail, 2 uniform")

@@ -10,6 +10,8 @@ import math
 import numpy as np
 
 MODES = ("clip4clip", "uniform", "rand", "stride", "head")
+# What fills the slots of a clip with fewer frames than max_frames (see ``padded_slot_sources``).
+PADDED_FRAMES = ("masked", "last_frame", "stretch")
 
 
 def sample_indices(num_frames: int, fps: float, max_frames: int, mode: str = "clip4clip", *,
@@ -137,3 +139,22 @@ def _stride(lo: int, hi: int, max_frames: int, stride: int, rng) -> list[int]:
     slack = length - span
     first = lo + (int(rng.integers(0, slack + 1)) if rng is not None else slack // 2)
     return [first + k * step for k in range(max_frames)]
+
+
+def padded_slot_sources(count: int, slots: int, fill: str) -> list[int]:
+    """Which of a short clip's ``count`` frames each of its ``slots`` holds under ``--padded_frames``.
+
+    masked      the frames once; the caller pads with zeros under video mask 0 (every head hides them).
+    last_frame  frames 0..count-1, then copies of the last one: DGL's loader (its indices are
+                ``clip(arange(slots), 0, count - 1)``).
+    stretch     slot j holds frame floor(j * count / slots): every frame repeated in time order, as HMMC's
+                ``linspace(0, N, slots, endpoint=False)`` pick among N stored frames repeats them when N < slots.
+    The filled modes give every slot a real frame, so the mask is all ones and a model reads all of them,
+    as those authors' models do."""
+    if fill not in PADDED_FRAMES:
+        raise ValueError(f"unknown --padded_frames {fill!r}; choose one of {', '.join(PADDED_FRAMES)}")
+    if fill == "masked" or count >= slots or count == 0:
+        return list(range(min(count, slots)))
+    if fill == "last_frame":
+        return [min(j, count - 1) for j in range(slots)]
+    return [j * count // slots for j in range(slots)]

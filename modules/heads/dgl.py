@@ -9,7 +9,9 @@ broadcast over the batch.
 Video layout per video (frame-major): [g_1..g_ng | frame 1: CLS, f_1..f_nl, patches | frame 2 ...].
 Global-local attention is an additive mask given to the shared transformer through a hook: a frame
 token sees its own frame and the global prompts; a global prompt sees everything but padded frames
-(``video_mask`` 0: the mask is then one per sample), so padding never changes a score. Local prompts are
+(``video_mask`` 0: the mask is then one per sample), so padding never changes a score. DGL's own loader
+fills a short clip's slots with copies of its last frame and its model reads them all: ``--padded_frames
+last_frame`` gives that (an all-ones mask), docs/reproduce.md the difference. Local prompts are
 replaced before every prompted block; the global prompts are inserted once and evolve (shallow).
 The video embedding is the projected output of global prompt 0 (``--visual_output_type``).
 """

@@ -3,7 +3,9 @@
 Video side: CLIP frame features f (B, T, D) -> temporal transformer o = TT(f + P) + f (``--use_temp``)
 -> v = masked mean of norm(o_i) (a mean of unit vectors, not re-normalised). Padded frames (video mask
 0) are hidden from the temporal attention and left out of every mean, so padding never changes a
-feature. The raw frames f are kept for hierarchical matching (``--use_frame_fea``).
+feature. HMMC's loader never pads (its 12 slots repeat stored frames of a short video, and its model reads
+them all): ``--padded_frames stretch`` gives that (an all-ones mask), docs/reproduce.md the difference.
+The raw frames f are kept for hierarchical matching (``--use_frame_fea``).
 
 Retrieval score: cos(t, v) + mean of the top-k cos(t, f_i) over the valid frames (``--top_frames``);
 HMMC's s·cos(t, v) + mean top-k s·cos(t, f_i) divided by the logit scale s, so rankings are the same.
