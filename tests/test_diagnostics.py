@@ -112,3 +112,43 @@ def test_bad_input_is_one_clear_error(bad, message):
         with pytest.raises(ValueError) as error:
             function(bad)
         assert str(error.value) == message
+
+
+def write_index(root, features):
+    """An index folder as tools.index writes it (header, one shard, one line per video), with ``features``."""
+    from tools.store import IndexStore
+
+    store = IndexStore.create_or_open(root, {"model": {"head": "meanP"}, "settings": {}})
+    lines = [{"id": i, "path": f"/videos/{i}.mp4", "size": 1, "mtime": 0.0, "duration": 1.0, "fps": 5.0,
+              "num_frames": 5, "frames": [0]} for i in range(len(features))]
+    store.commit((features,), lines)
+    return root
+
+
+def test_command_line_reports_each_index(tmp_path, capsys):
+    from tools.diagnostics import main
+
+    collapsed, _, _ = collapsed_set(n=64, d=16)
+    healthy = torch.randn(64, 16, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    first, second = write_index(tmp_path / "a", collapsed.float()), write_index(tmp_path / "b", healthy.float())
+    assert main([str(first), str(second)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # The index stores float16: the numbers are those of the stored (rounded) features.
+    for line, path, stored in zip(lines, (first, second), (collapsed.half(), healthy.half())):
+        assert line == (f"{path}: 64 videos x 16 dims: mean pairwise cosine {mean_pairwise_cosine(stored):.4f}, "
+                        f"effective rank {effective_rank(stored):.2f} of 16")
+    assert float(lines[0].split("cosine ")[1].split(",")[0]) > 0.99
+    assert float(lines[1].split("rank ")[1].split(" of")[0]) > 10
+
+
+def test_command_line_refuses_a_folder_that_is_no_index_in_one_line(tmp_path, capsys):
+    from tools.diagnostics import main
+
+    frames = write_index(tmp_path / "frames", torch.randn(4, 3, 8))  # one (frames, dim) matrix per video
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {tmp_path}: not a video index (no index.json); build one with python -m tools.index\n"
+    assert main([str(frames)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {frames}: its first feature tensor is (4, 3, 8), not one vector per video; these "
+                   "diagnostics need (videos, dim)\n")
