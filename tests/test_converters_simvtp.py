@@ -250,8 +250,9 @@ def test_simvtp_deepspeed_checkpoint_folder_loads(tmp_path):
                 "param_shapes": [{k: v.shape for k, v in module.items()}], "frozen_param_shapes": None,
                 "shared_params": {}, "frozen_param_fragments": None, "lr_scheduler": None, "data_sampler": None,
                 "random_ltd": None, "sparse_tensor_module_names": set(), "skipped_steps": 2, "global_steps": 300,
-                "global_samples": 9600, "dp_world_size": 8, "mp_world_size": 1, "ds_config": {"fp16": {"enabled": True}},
-                "ds_version": "0.8.0", "epoch": 29}, tag / "mp_rank_00_model_states.pt")
+                "global_samples": 9600, "dp_world_size": 8, "mp_world_size": 1,
+                "ds_config": {"fp16": {"enabled": True}}, "ds_version": "0.8.0", "epoch": 29},
+               tag / "mp_rank_00_model_states.pt")
     (tmp_path / "latest").write_text("checkpoint-29")
     for given in (tag / "mp_rank_00_model_states.pt", tag, tmp_path):
         loaded = build_model(parse("--init_model", str(given)))
@@ -275,3 +276,19 @@ def test_our_simvtp_pretraining_file_logs_what_fine_tuning_takes_from_it(tmp_pat
     assert sum(map(int, counts.values())) == int(mapped[1]) == len([k for k in source.state_dict() if k.startswith(
         "clip.") and not k.startswith("clip.norm.")])  # what was loaded: no decoder or MLM head among them
     assert set(counts) == {"CLIP blocks", "CLIP text", "CLIP vision"}
+
+
+def test_bert_path_gives_only_the_vocabulary_beside_init_model(tmp_path, tiny_bert, monkeypatch):  # noqa: F811
+    """--init_model holds the text embedding: the BERT folder's weights are not read (its vocabulary is)."""
+    import modules.videomae.model as videomae_model
+
+    source = tiny((*MODELS["finetuned"], "--bert_path", str(tiny_bert)))
+    path = save_simvtp(source, tmp_path / "simvtp.pth")
+
+    def unread(folder):
+        raise AssertionError(f"{folder}: BERT weights read although --init_model holds the text embedding")
+
+    monkeypatch.setattr(videomae_model, "bert_embedding_state", unread)
+    loaded = build_model(parse("--init_model", str(path), "--bert_path", str(tiny_bert)))
+    assert loaded.vocabulary.embedding_rows == 20  # the folder's vocabulary
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in source.state_dict().items())

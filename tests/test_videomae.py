@@ -268,3 +268,21 @@ def test_padded_frames_repeat_the_last_real_frame():
     trunk = JointTrunk(get_config("tiny"))
     _, valid = trunk.embed_video(torch.randn(1, 4, 3, 32, 32), torch.tensor([[1, 1, 0, 0]]))
     assert valid.tolist() == [[True] * 16 + [False] * 16]
+
+
+def test_bert_folder_saved_by_older_transformers_with_its_position_ids_buffer_loads(tiny_bert, tmp_path):
+    """transformers < 4.31 saved BERT's ``position_ids`` index buffer with the weights (pytorch_model.bin)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(tiny_bert / "model.safetensors"))
+    state["embeddings.position_ids"] = torch.arange(40)[None]
+    older = tmp_path / "bert_4_30"
+    older.mkdir()
+    for name in ("vocab.txt", "config.json"):
+        (older / name).write_bytes((tiny_bert / name).read_bytes())
+    torch.save(state, older / "pytorch_model.bin")
+    trunk = build_joint_trunk("tiny", bert_path=str(older)).eval()
+    ids, _ = trunk.vocabulary.tokenize(["a red ball rolls left"], 8)
+    bert = BertModel.from_pretrained(tiny_bert).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(trunk.embed_text(ids), bert.embeddings(input_ids=ids), atol=1e-6, rtol=1e-6)

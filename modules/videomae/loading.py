@@ -32,6 +32,7 @@ from modules.clip.loading import CheckpointError, read_state_dict
 from .config import DecoderConfig, VideoMAEConfig, get_config, list_architectures
 
 MODULES_DIR = Path(__file__).resolve().parents[1]
+INDEX_BUFFERS = ("position_ids", "token_type_ids")  # BERT's arange / zeros buffers, derived from the shapes
 WHERE_PUBLISHED = ("VideoMAE's official weights are listed in MODEL_ZOO.md of github.com/MCG-NJU/VideoMAE (SimVTP "
                    "starts from ViT-B, Kinetics-400, 1600-epoch pre-training) and on the Hugging Face hub as "
                    "MCG-NJU/videomae-base (pass that folder's local path); SimVTP's own checkpoints are linked from "
@@ -146,7 +147,7 @@ def _official_trunk(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _text(state: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
-    text = {k: v for k, v in state.items() if not k.endswith(("position_ids", "token_type_ids"))}
+    text = {k: v for k, v in state.items() if not k.endswith(INDEX_BUFFERS)}
     return text or None
 
 
@@ -311,13 +312,15 @@ def load_videomae(name_or_path: str | os.PathLike, pretrained_dir: str | os.Path
 def load_part(module: torch.nn.Module, tensors: Mapping[str, Tensor], what: str, path: Path,
               optional: tuple[str, ...] = ()) -> list[str]:
     """``tensors`` into ``module`` (strict except for keys starting with ``optional``); returns the
-    optional keys that were missing (they keep their initialisation). Mismatches are one line."""
+    optional keys that were missing (they keep their initialisation). Mismatches are one line. BERT's
+    index buffers are neither required nor refused: transformers < 4.31 saved ``position_ids``."""
     try:
         missing, unexpected = module.load_state_dict(dict(tensors), strict=False)
     except RuntimeError as error:  # shape mismatches
         shapes = "; ".join(line.strip() for line in str(error).splitlines()[1:4])
         raise CheckpointError(f"{path}: the {what} does not match the architecture being built ({shapes})") from None
-    missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
+    missing = [k for k in missing if not k.endswith(INDEX_BUFFERS)]
+    unexpected = [k for k in unexpected if not k.endswith(INDEX_BUFFERS)]
     required = [k for k in missing if not k.startswith(optional)]
     if required or unexpected:
         raise CheckpointError(f"{path}: the {what} does not match the architecture being built (missing "
@@ -331,7 +334,7 @@ def save_videomae(trunk, path: str | os.PathLike, decoder=None) -> Path:
 
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    state = {k: v for k, v in trunk.state_dict().items() if not k.endswith(("position_ids", "token_type_ids"))}
+    state = {k: v for k, v in trunk.state_dict().items() if not k.endswith(INDEX_BUFFERS)}
     if decoder is not None:
         state |= {f"decoder.{k}": v for k, v in decoder.state_dict().items()}
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}

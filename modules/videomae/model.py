@@ -80,8 +80,9 @@ def _check_width(tensors: dict, trunk: JointTrunk, what: str, path) -> None:
 
 def build_joint_trunk(arch: str | dict | None = None, checkpoint: str | None = None, bert_path: str | None = None,
                       pretrained_dir: str | None = None, drop_path_rate: float = 0.0,
-                      text_dropout: float | None = None) -> JointTrunk:
-    """A ``JointTrunk`` with the checkpoint's trunk and text embedding (or BERT's from ``bert_path``).
+                      text_dropout: float | None = None, bert_weights: bool = True) -> JointTrunk:
+    """A ``JointTrunk`` with the checkpoint's trunk and text embedding (or BERT's from ``bert_path``;
+    ``bert_weights=False`` reads only its vocabulary and config, when another file holds the weights).
 
     The returned trunk carries ``vocabulary`` (the tokenizer side: ids, specials, [MASK]) and ``source``
     (the checkpoint's other parts: decoder, MLM/VTM heads, a dual encoder's text copy) for the head."""
@@ -107,12 +108,12 @@ def build_joint_trunk(arch: str | dict | None = None, checkpoint: str | None = N
             log.info("%s: no final LayerNorm in the checkpoint (a mean-pooling model); it starts at 1 / 0",
                      weights.path)
     text, where = (weights.text, weights.path) if weights is not None and weights.text else (None, None)
-    if text is None and bert_path:
+    if text is None and bert_path and bert_weights:
         text, where = bert_embedding_state(bert_path), bert_path
     if text is not None:
         _check_width(text, trunk, "the text embeddings", where)
         load_part(trunk.text, text, "text embedding", Path(str(where)))
-    elif weights is not None:
+    elif weights is not None and bert_weights:
         log.info("%s has no text embeddings and no --bert_path weights: the BERT embedding layer starts random",
                  weights.path)
     return trunk
@@ -121,9 +122,15 @@ def build_joint_trunk(arch: str | dict | None = None, checkpoint: str | None = N
 def trunk_from_args(args) -> JointTrunk:
     """``build_joint_trunk`` for a set of parsed flags (``--clip_init random`` needs no checkpoint)."""
     get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
+    # --init_model holds the text embedding (the load refuses one without it): --bert_path gives the vocabulary.
+    bert_weights = not get("init_model")
+    if get("bert_path") and not bert_weights:
+        log.info("--bert_path %s: its vocabulary and config only; the text embedding weights come from --init_model",
+                 get("bert_path"))
     if get("clip_config"):  # a self-contained checkpoint's architecture; --init_model holds every weight
         return build_joint_trunk(dict(get("clip_config")), None, get("bert_path"),
-                                 drop_path_rate=get("drop_path", 0.0) or 0.0, text_dropout=get("text_dropout"))
+                                 drop_path_rate=get("drop_path", 0.0) or 0.0, text_dropout=get("text_dropout"),
+                                 bert_weights=bert_weights)
     arch = get("videomae_arch")
     if arch is None and not get("videomae_checkpoint"):
         clip_name = get("pretrained_clip_name")
@@ -132,7 +139,7 @@ def trunk_from_args(args) -> JointTrunk:
         raise ValueError("--backbone videomae_joint needs --videomae_checkpoint PATH (VideoMAE's official .pth, a "
                          "Hugging Face VideoMAE folder, a SimVTP checkpoint) or --clip_init random for random weights")
     return build_joint_trunk(arch, get("videomae_checkpoint"), get("bert_path"), get("pretrained_dir"),
-                             get("drop_path", 0.0) or 0.0, get("text_dropout"))
+                             get("drop_path", 0.0) or 0.0, get("text_dropout"), bert_weights)
 
 
 def count_parameters(module: torch.nn.Module) -> int:
