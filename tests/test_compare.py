@@ -145,6 +145,18 @@ def test_bad_command_is_one_line(argv, message, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_other_flags_are_refused_only_once_an_arm_is_done(tmp_path):
+    out = tmp_path / "cmp"
+    compare.check_settings(out, ["--epochs", "1"])
+    compare.check_settings(out, ["--epochs", "2"])  # nothing done yet (e.g. every run failed): the new flags win
+    assert json.loads((out / "compare.json").read_text())["flags"] == ["--epochs", "2"]
+    (out / "meanP" / "seed0").mkdir(parents=True)
+    (out / "meanP" / "seed0" / "arm.json").write_text("{}")
+    compare.check_settings(out, ["--epochs", "2"])
+    with pytest.raises(compare.CompareError, match="holds a comparison run with other flags"):
+        compare.check_settings(out, ["--epochs", "3"])
+
+
 class _nothing:
     def __enter__(self):
         return self

@@ -317,9 +317,10 @@ def write_chart(rows: list[dict], path: Path) -> None:
 
 
 def check_settings(out: Path, flags: list[str]) -> None:
-    """A comparison continues only with the flags it started with (else its arms would differ)."""
+    """A comparison with a done arm continues only with the flags it started with (else its arms would
+    differ); before any arm is done (say every run failed on a typo) the new flags replace the old."""
     path = out / SETTINGS
-    if path.is_file():
+    if path.is_file() and any(out.glob(f"*/seed*/{ARM_RECORD}")):
         before = json.loads(path.read_text())["flags"]
         if before != flags:
             raise CompareError(f"{out} holds a comparison run with other flags ({shlex.join(before)}); give the same "
