@@ -78,7 +78,13 @@ META_FIELD = "json"
 
 
 def expand_shards(shards: str | os.PathLike | Sequence[str]) -> list[str]:
-    """A brace pattern ``DIR/{000000..000099}.tar`` or a list of paths -> the list of shard paths."""
+    """A brace pattern ``DIR/{000000..000099}.tar``, a list of paths, or a shard folder (every shard its
+    ``shards.json`` lists) -> the list of shard paths."""
+    if isinstance(shards, (str, os.PathLike)) and os.path.isdir(shards):
+        if not os.path.isfile(os.path.join(shards, INDEX_FILE)):  # named as given, not as the pattern's parent
+            raise DataError(f"shard folder {shards} holds no {INDEX_FILE}, so no finished shards: "
+                            "preprocess/make_shards.py writes the shards and then the index there")
+        return [os.path.join(shards, entry["name"]) for entry in read_index(shards)["shards"]]
     if isinstance(shards, (str, os.PathLike)):
         from webdataset.shardlists import expand_urls
 

@@ -89,6 +89,20 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
 
 
+def _foreign_start(path: Path) -> bytes | None:
+    """The first bytes of a file in none of the formats ``read_state_dict`` reads (zip, including
+    TorchScript; pickle protocol 2+; the legacy tar format; safetensors' length-prefixed JSON header), else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return None
+    if (head.startswith((b"PK\x03\x04", b"PK\x05\x06")) or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05")
+            or head[257:262] == b"ustar" or head[8:9] == b"{"):
+        return None
+    return head[:24]
+
+
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, Tensor], str, dict | None]:
     """(state dict, format, config or None). Formats: 'hf', 'univtr', 'openai' (TorchScript), 'pickle'."""
     path = Path(path)
@@ -114,6 +128,11 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, Tensor], str, di
     except CheckpointError:
         raise
     except Exception as exc:  # corrupt zip, truncated pickle, unsafe pickle, ...
+        start = _foreign_start(path)
+        if start is not None:  # a text file, a web page saved by a failed download: not truncated, just not one
+            raise CheckpointError(f"{path} is not a checkpoint file (it starts with {start!r}; PyTorch's zip and "
+                                  "pickle files, TorchScript and safetensors start otherwise): pass the weights "
+                                  "file itself") from None
         raise CheckpointError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {exc}). "
                               "Is the file complete? Re-download or re-save it.") from None
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
