@@ -143,7 +143,12 @@ def test_simvtp_fine_tuned_fp16_ddp_file_loads_with_its_flags_inferred(tmp_path,
 def test_simvtp_pretrained_file_starts_fine_tuning_or_continues_pre_training(tmp_path, caplog):
     source = tiny(MODELS["pretrained"])
     run = argparse.Namespace(model="pretrain_simvtp_base_patch16_224", lr=6e-4, mask_ratio=0.9)
-    path = save_simvtp(source, tmp_path / "checkpoint-199.pth", epoch=199, args=run, scaler={"scale": 65536.0})
+    first = next(source.parameters())
+    adamw = {"state": {0: {"step": torch.tensor(7.0), "exp_avg": torch.ones_like(first), "exp_avg_sq": first ** 2}},
+             "param_groups": [{"lr": 6e-4, "betas": (0.9, 0.95), "weight_decay": 0.05, "params": [0]}]}
+    # SimVTP's utils.save_model (torch.amp): {"model", "optimizer", "epoch", "scaler", "args"}
+    path = save_simvtp(source, tmp_path / "checkpoint-199.pth", optimizer=adamw, epoch=199,
+                       scaler={"scale": 65536.0, "growth_factor": 2.0, "_growth_tracker": 0}, args=run)
     caplog.set_level("INFO")
     tuned = build_model(parse("--init_model", str(path)))  # --do_eval / --do_train: the dual encoder
     assert tuned.stage == "finetune"
