@@ -261,8 +261,9 @@ def load_model(path, device="cpu", **overrides):
 
 def adopt_for_evaluation(args, argv) -> None:
     """``--do_eval --init_model CKPT`` (no training): a self-contained checkpoint supplies the CLIP
-    architecture and every model flag; explicit flags that contradict it are one ValueError. Other
-    checkpoints (CLIP4Clip's pytorch_model.bin.N) keep the explicit flags."""
+    architecture and every model flag; explicit flags that contradict it are one ValueError. A checkpoint
+    of this task also supplies the data it was evaluated on (``adopt_recorded_data``). Other checkpoints
+    (CLIP4Clip's pytorch_model.bin.N) keep the explicit flags."""
     import sys
 
     if not args.do_eval or args.do_train or getattr(args, "do_pretrain", False) or not args.init_model:
@@ -270,5 +271,95 @@ def adopt_for_evaluation(args, argv) -> None:
     record = read_model_record(args.init_model)
     if record is None:
         return
-    for note in adopt_model_record(args, record, explicit_flags(sys.argv[1:] if argv is None else argv)):
+    explicit = explicit_flags(sys.argv[1:] if argv is None else argv)
+    for note in adopt_model_record(args, record, explicit):
         print(f"note: {note}", file=sys.stderr)
+    if recorded_task(record) == (getattr(args, "task", None) or "retrieval"):
+        adopt_recorded_data(args, record, explicit)
+
+
+def recorded_task(record: dict) -> str:
+    """The task a self-contained checkpoint was trained for: its head is "<task>/<method head>" for
+    captioning and QA, the bare method head for retrieval and pre-training."""
+    head = str(record.get("head", ""))
+    return head.split("/", 1)[0] if "/" in head else "retrieval"
+
+
+# Where the data lies and how its annotation files are read: taken from the checkpoint's record unless
+# --data_path (or --eval_data_path) is given.
+DATA_FLAGS = ("datatype", "data_path", "features_path", "train_csv", "val_csv", "test_csv", "msrvtt_protocol",
+              "video_backend", "lmdb_path", "qa_train_json", "qa_val_json", "qa_test_json", "qa_ans2label_json")
+
+
+def adopt_recorded_data(args, record: dict, explicit: set[str]) -> None:
+    """Evaluate on the data the checkpoint's run evaluated on (a pre-training run's --eval_* benchmark)
+    when the command names none; each flag given still wins. A recorded path missing on this machine is
+    a ValueError naming it and the flag to pass."""
+    import argparse
+    import sys
+
+    from engine.options import EVAL_OVERRIDES, evaluation_args
+
+    if explicit & {"data_path", *EVAL_OVERRIDES}:
+        return
+    recorded = evaluation_args(argparse.Namespace(**record.get("args", {})))
+    if not getattr(recorded, "data_path", None):
+        return
+    taken = {flag: getattr(recorded, flag) for flag in DATA_FLAGS
+             if flag not in explicit and hasattr(args, flag) and getattr(recorded, flag, None) is not None}
+    for flag in ("data_path", "features_path", "lmdb_path"):
+        if flag in taken and not Path(taken[flag]).exists():
+            raise ValueError(f"{args.init_model} records --{flag} {taken[flag]}, which does not exist on this machine: "
+                             f"pass --{flag} (and the other data flags) for this machine's copy")
+    for flag, value in taken.items():
+        setattr(args, flag, value)
+    print(f"note: evaluating on the data {args.init_model} records: " + " ".join(
+        f"--{flag} {taken[flag]}" for flag in ("datatype", "data_path", "features_path") if flag in taken) +
+        " (flags given override it)", file=sys.stderr)
+
+
+# The run that trains a task's own modules (named in the refusal to evaluate them untrained).
+TRAINING_SCRIPTS = {"qa": "main_task_qa.py", "caption": "main_task_caption.py", "retrieval": "main_task_retrieval.py"}
+
+
+def check_evaluated_weights(model, args) -> None:
+    """Evaluation only: modules that ``--init_model`` did not fill (``model.untrained_modules``: a task's
+    answer head or decoder from a retrieval checkpoint, a head's new modules from a CLIP-only file) would
+    be scored at their random initialisation. That is one CheckpointError naming them and the training
+    run that makes them. Without --init_model the initial weights were asked for (the demos' untrained
+    rows): a warning."""
+    import logging
+
+    untrained = list(getattr(model, "untrained_modules", ()))
+    if not args.init_model:
+        head = getattr(model, "head", model)  # a task model's method head, or the head itself
+        added = [n for n in head.new_module_names() if any(True for _ in getattr(head, n).parameters())]
+        added += list(getattr(model, "task_modules_with_weights", list)())
+        if getattr(args, "clip_init", None) == "random":
+            added.insert(0, "clip (--clip_init random)")
+        if added:
+            logging.getLogger("univtr").warning("--do_eval without --init_model: scoring untrained %s as initialised",
+                                                ", ".join(added))
+        return
+    if not untrained:
+        return
+    task = getattr(args, "task", None) or "retrieval"
+    train = (f"python main_pretrain.py --do_pretrain --init_model {args.init_model} ..." if task == "retrieval" and
+             hasattr(args, "do_pretrain") else f"python {TRAINING_SCRIPTS.get(task, TRAINING_SCRIPTS['retrieval'])} "
+             f"--do_train --init_model {args.init_model} ...")
+    raise CheckpointError(f"--init_model {args.init_model} has no trained weights for {', '.join(untrained)} of the "
+                          f"{model.head_name} model, and --do_eval would score them untrained: train them with "
+                          f"{train}, then evaluate the model_final.pt (or model_best.pt) that run writes")
+
+
+def check_output_writable(output_dir: Path) -> None:
+    """An existing --output_dir must take new files (log.txt first): one ValueError line before any
+    work, for root on a read-only file system too (os.access sees EROFS)."""
+    if os.access(output_dir, os.W_OK | os.X_OK):
+        return
+    try:
+        read_only = bool(os.statvfs(output_dir).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    why = "on a read-only file system" if read_only else "no write permission"
+    raise ValueError(f"--output_dir {output_dir} is not writable ({why}); choose another folder")

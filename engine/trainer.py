@@ -203,7 +203,7 @@ def run(args) -> dict:
 
 
 def _run(args, env: DistEnv, training: bool, pretraining: bool) -> dict:
-    from dataloaders import SelectionRule
+    from dataloaders import SelectionRule, load_records
     from engine.options import evaluation_args
     from modules.factory import count_parameters
 
@@ -219,12 +219,16 @@ def _run(args, env: DistEnv, training: bool, pretraining: bool) -> dict:
         except OSError as error:
             raise ValueError(f"--output_dir {output_dir} cannot be created ({error.strerror or error}); choose "
                              "another folder") from None
+        ckpt.check_output_writable(output_dir)
+    load_records(evaluation_args(args), "test")  # a wrong --data_path (a cheap read) before the model's weights
     setup_logging(output_dir, env)
     log_run_header(args, env)
     configure_backends(args, env)
     seed_everything(args.seed, env.rank)
 
     model = task.build_model(args).to(env.device)
+    if not training:
+        ckpt.check_evaluated_weights(model, args)
     if args.precision == "fp16_weights":
         convert_clip_to_fp16(model)
     compile_model(model, args, env)

@@ -72,7 +72,9 @@ def load_init_model(model: RetrievalHead, path: str, init_format: str | None = N
     head tensors at all (plain CLIP, or CLIP4Clip meanP): the head's new modules then start fresh, and the
     log says which. Tensors only pre-training uses (``pretrain_only_prefixes``, a seed's momentum copies
     and queues) are dropped, in one log line."""
-    load_into_model(model, path, init_format or getattr(model.args, "init_format", None))
+    plan = load_into_model(model, path, init_format or getattr(model.args, "init_format", None))
+    # What the file did not fill: a run that only evaluates refuses them (engine.checkpoint.check_evaluated_weights).
+    model.untrained_modules = sorted({key.split(".")[0] for key in plan.head_missing}) if plan.head_fresh else []
 
 
 def build_model(args) -> RetrievalHead:

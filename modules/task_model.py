@@ -6,8 +6,9 @@ named losses of a micro-step and the same hooks (``after_optimizer_step``, ``che
 (``head.visual_tokens``) and, where the task adds it, its own retrieval loss.
 
 Weights: ``--init_model`` of a retrieval or pre-training checkpoint (ours or a seed's) initialises the
-head as in ``main_task_retrieval.py``, the task modules start fresh; ``--init_model`` of a checkpoint
-this task saved (``model_best.pt`` of main_task_caption.py, ...) restores everything, strictly.
+head as in ``main_task_retrieval.py``, the task modules start fresh (to train them; evaluating them so is
+refused); ``--init_model`` of a checkpoint this task saved (``model_best.pt`` of main_task_caption.py, ...)
+restores everything, strictly.
 """
 from __future__ import annotations
 
@@ -68,6 +69,10 @@ class TaskModel(nn.Module):
         """Top-level children the task adds (trained at the full --lr)."""
         return [name for name, _ in self.named_children() if name != "head"]
 
+    def task_modules_with_weights(self) -> list[str]:
+        """The task modules that hold parameters (what a checkpoint of this task must provide)."""
+        return [name for name in self.task_module_names() if any(True for _ in getattr(self, name).parameters())]
+
     def param_groups(self, lr: float, coef_lr: float, weight_decay: float) -> list[dict]:
         """The head's groups (CLIP at lr x coef_lr, its new modules at lr) plus the task modules at lr,
         with the head's no-weight-decay rule."""
@@ -106,6 +111,10 @@ def build_task_model(args, make: "type[TaskModel]", **kwargs) -> TaskModel:
         model = make(build_model(args), args, **kwargs)
     finally:
         args.init_model = init
+    # Modules no checkpoint filled (a run that only evaluates refuses them): from another task's or a
+    # retrieval file, the task's own modules and whatever the head's load left fresh.
+    model.untrained_modules = [] if own else [*(f"head.{name}" for name in getattr(model.head, "untrained_modules", ())),
+                                              *model.task_modules_with_weights()]
     if own:
         from modules.clip import CheckpointError
 

@@ -1,11 +1,18 @@
-"""Start-up problems are one line naming the real cause, through the entry scripts' main(): a text file or
-a truncated checkpoint as --init_model, an empty shard folder."""
+"""Evaluation-only runs refuse modules their --init_model never trained, and start-up problems are one line
+naming the real cause, through the entry scripts' main(): a QA or captioning evaluation of a retrieval
+checkpoint, a retrieval head the file has no weights for, a read-only existing --output_dir, a missing
+--data_path before the CLIP weights, a text file or a truncated checkpoint as --init_model, an empty shard
+folder, and --do_eval taking the data a checkpoint records (a recorded path missing here is one line)."""
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
 import main_pretrain
+import main_task_caption
+import main_task_qa
 import main_task_retrieval
 
 TINY = ["--pretrained_clip_name", "tiny", "--clip_init", "random", "--max_frames", "4", "--image_resolution", "32",
@@ -34,6 +41,81 @@ def error_lines(capsys) -> list[str]:
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def test_qa_and_caption_evaluation_of_a_retrieval_checkpoint_name_the_untrained_modules(toy, retrieval_run, tmp_path,
+                                                                                         capsys):
+    ckpt = retrieval_run / "model_final.pt"
+    qa = ["--do_eval", "--init_model", str(ckpt), "--data_path", str(toy / "qa"), "--features_path",
+          str(toy / "videos"), "--output_dir", str(tmp_path / "qa"), "--num_thread_reader", "0"]
+    assert main_task_qa.main(qa) == 2
+    assert error_lines(capsys) == [
+        f"error: --init_model {ckpt} has no trained weights for fusion, classifier of the qa/meanP model, and "
+        f"--do_eval would score them untrained: train them with python main_task_qa.py --do_train --init_model "
+        f"{ckpt} ..., then evaluate the model_final.pt (or model_best.pt) that run writes"]
+    assert not (tmp_path / "qa" / "metrics.jsonl").exists()  # nothing was scored
+
+    caption = ["--do_eval", "--init_model", str(ckpt), "--data_path", str(toy), "--features_path", str(toy / "videos"),
+               "--output_dir", str(tmp_path / "caption"), "--num_thread_reader", "0"]
+    assert main_task_caption.main(caption) == 2
+    (line,) = error_lines(capsys)
+    assert line.startswith(f"error: --init_model {ckpt} has no trained weights for decoder, vocab_head of the "
+                           "caption/meanP model")
+    assert f"python main_task_caption.py --do_train --init_model {ckpt} ..." in line
+    assert not (tmp_path / "caption" / "metrics.jsonl").exists()
+
+
+def test_retrieval_evaluation_refuses_a_head_the_file_has_no_weights_for(toy, retrieval_run, tmp_path, capsys):
+    # The meanP weights without their record: a CLIP-only file to the loader, which lets seqTransf's
+    # temporal modules start fresh (right for training, wrong for an evaluation).
+    plain = tmp_path / "weights.pt"
+    torch.save(torch.load(retrieval_run / "model_final.pt", weights_only=True)["model"], plain)
+    argv = ["--do_eval", "--init_model", str(plain), "--sim_header", "seqTransf", "--data_path", str(toy),
+            "--features_path", str(toy / "videos"), "--output_dir", str(tmp_path / "eval"), *TINY]
+    assert main_task_retrieval.main(argv) == 2
+    (line,) = error_lines(capsys)
+    assert line.startswith(f"error: --init_model {plain} has no trained weights for frame_position_embeddings, "
+                           "transformerClip of the seqTransf model")
+    assert f"python main_task_retrieval.py --do_train --init_model {plain} ..." in line
+    # main_pretrain.py's zero-shot evaluation names pre-training as the run that makes them.
+    assert main_pretrain.main(argv) == 2
+    (line,) = error_lines(capsys)
+    assert f"python main_pretrain.py --do_pretrain --init_model {plain} ..." in line
+    # The meanP head has nothing the file lacks: evaluated.
+    meanp = [a if a != "seqTransf" else "meanP" for a in argv]
+    assert main_task_retrieval.main(meanp) == 0
+
+
+def test_evaluation_without_init_model_says_which_modules_are_untrained(toy, tmp_path, capsys):
+    # The demos' untrained rows: the initial weights asked for on purpose are scored, with a warning.
+    argv = ["--do_eval", "--sim_header", "seqTransf", "--data_path", str(toy), "--features_path", str(toy / "videos"),
+            "--output_dir", str(tmp_path / "eval"), *TINY]
+    assert main_task_retrieval.main(argv) == 0
+    assert ("WARNING --do_eval without --init_model: scoring untrained clip (--clip_init random), "
+            "frame_position_embeddings, transformerClip as initialised") in capsys.readouterr().err
+
+
+def test_read_only_existing_output_folder_is_one_line_before_any_work(toy, tmp_path, capsys, monkeypatch):
+    # Root writes through chmod: the folder is made unwritable for os.access, which is what a read-only
+    # mount answers (EROFS) for root too.
+    folder = tmp_path / "results"
+    folder.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != folder and real_access(path, mode, **kw))
+    argv = ["--do_eval", "--data_path", str(toy), "--features_path", str(toy / "videos"), "--output_dir", str(folder),
+            *TINY]
+    assert main_task_retrieval.main(argv) == 2
+    assert error_lines(capsys) == [f"error: --output_dir {folder} is not writable (no write permission); choose "
+                                   "another folder"]
+    assert list(folder.iterdir()) == []  # no log.txt
+
+
+def test_missing_data_path_is_reported_before_the_missing_clip_weights(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CLIP_HOME", str(tmp_path / "no_weights"))
+    missing = tmp_path / "no_such_folder"
+    assert main_task_retrieval.main(["--do_eval", "--data_path", str(missing)]) == 2  # default ViT-B/32
+    (line,) = error_lines(capsys)
+    assert line.startswith(f"error: msrvtt: missing annotation file {missing / 'MSRVTT_JSFUSION_test.csv'}")
 
 
 def test_text_file_is_not_a_checkpoint_and_a_truncated_one_is_re_download_advice(toy, retrieval_run, tmp_path,
@@ -69,3 +151,25 @@ def test_empty_shard_folder_is_named_as_given(toy, tmp_path, capsys):
     assert expand_shards(str(folder)) == [str(folder / "000000.tar"), str(folder / "000001.tar")]
 
 
+def test_evaluation_takes_the_data_the_checkpoint_records(toy, retrieval_run, tmp_path, capsys):
+    ckpt = retrieval_run / "model_final.pt"
+    trained = [json.loads(line) for line in (retrieval_run / "metrics.jsonl").read_text().splitlines()][-1]["metrics"]
+    argv = ["--do_eval", "--init_model", str(ckpt), "--output_dir", str(tmp_path / "eval"), "--num_thread_reader", "0"]
+    assert main_task_retrieval.main(argv) == 0
+    err = capsys.readouterr().err
+    assert (f"note: evaluating on the data {ckpt} records: --datatype msrvtt --data_path {toy} --features_path "
+            f"{toy / 'videos'} (flags given override it)") in err.splitlines()
+    again = [json.loads(line) for line in (tmp_path / "eval" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert again["metrics"] == trained
+
+    # Moved to another machine: the recorded folder is missing there; the flags then say where the data is.
+    state = torch.load(ckpt, weights_only=True)
+    state["args"]["data_path"] = str(tmp_path / "gone")
+    moved = tmp_path / "moved.pt"
+    torch.save(state, moved)
+    argv = ["--do_eval", "--init_model", str(moved), "--output_dir", str(tmp_path / "eval2"), "--num_thread_reader", "0"]
+    assert main_task_retrieval.main(argv) == 2
+    assert error_lines(capsys) == [f"error: {moved} records --data_path {tmp_path / 'gone'}, which does not exist on "
+                                   "this machine: pass --data_path (and the other data flags) for this machine's copy"]
+    assert main_task_retrieval.main([*argv, "--data_path", str(toy), "--features_path", str(toy / "videos")]) == 0
+    assert "note: evaluating on the data" not in capsys.readouterr().err
