@@ -38,6 +38,7 @@ class StepContext:
     env: DistEnv
     precision: str = "fp32"
     step: int = 0  # optimiser steps done so far
+    micro_step: int = 0  # this micro-batch's index within the optimiser step (gradient accumulation)
 
     @property
     def rank(self) -> int:

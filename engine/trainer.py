@@ -85,10 +85,11 @@ def convert_clip_to_fp16(model) -> None:
 # One training step
 
 
-def step_losses(model, batch: dict, env: DistEnv, precision: str = "fp32", step: int = 0) -> dict[str, torch.Tensor]:
+def step_losses(model, batch: dict, env: DistEnv, precision: str = "fp32", step: int = 0,
+                micro_step: int = 0) -> dict[str, torch.Tensor]:
     """One micro-step's named losses, computed by the head's ``training_step`` through ``model``'s
     forward (``model`` may be DDP-wrapped, so DDP sees the step). The loss is the same on every rank."""
-    return model(batch, StepContext(env, precision, step))
+    return model(batch, StepContext(env, precision, step, micro_step))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -324,7 +325,7 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
                 batch = to_device(batch, env.device)
                 sync = a == args.gradient_accumulation_steps - 1 or not env.distributed
                 with (nullcontext() if sync else ddp_model.no_sync()):
-                    losses = step_losses(ddp_model, batch, env, args.precision, step)
+                    losses = step_losses(ddp_model, batch, env, args.precision, step, a)
                     loss = losses["loss"]
                     if all_reduce_flag(not bool(torch.isfinite(loss)), env):
                         skipped = True

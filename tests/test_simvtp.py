@@ -303,6 +303,122 @@ def test_two_gloo_ranks_pretraining_step_equals_one_process(tmp_path):
         assert_same_step(result, single)
 
 
+# -- dropout and drop-path: drawn per sample of the global batch ------------------------------------------
+
+DROPOUT = ["--drop_path", "0.5", "--text_dropout", "0.3"]  # the tiny trunk's 2 blocks: rates 0 and 0.5
+DROPOUT_CONFIGS = {"pretrain": ["--simvtp_stage", "pretrain", *DROPOUT], "finetune": DROPOUT}
+
+
+def _dropout_result(model, batch, env):
+    return step_record(model, model(batch, StepContext(env, step=3)))
+
+
+def _dropout_work(env, out_dir):
+    for name, flags in DROPOUT_CONFIGS.items():
+        model = nn.parallel.DistributedDataParallel(simvtp_model(*flags))
+        torch.save(_dropout_result(model, local_rows(make_batch(), env), env), f"{out_dir}/{name}{env.rank}.pt")
+
+
+def test_two_gloo_ranks_equal_one_process_with_dropout_and_drop_path_on(tmp_path):
+    singles = {name: _dropout_result(simvtp_model(*flags), make_batch(), DistEnv())
+               for name, flags in DROPOUT_CONFIGS.items()}
+    run_on_ranks(_dropout_work, tmp_path)
+    for name, single in singles.items():
+        for rank in range(2):
+            assert_same_step(torch.load(tmp_path / f"{name}{rank}.pt", weights_only=True), single, 1e-5, name, rank)
+
+
+def _features_of_step(model, batch, ctx):
+    """The fine-tuning step's pooled text and video features (the loss's inputs), from hooks."""
+    captured = []
+    hooks = [norm.register_forward_hook(lambda m, i, o: captured.append(o.detach()))
+             for norm in (model.text_fc_norm, model.video_fc_norm)]
+    try:
+        model(batch, ctx)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return torch.cat(captured, 1)  # (B, 2 width): text then video
+
+
+def test_micro_steps_draw_the_dropout_of_one_big_step():
+    """Gradient accumulation: the micro-steps' rows get the masks they get in one step of the whole batch."""
+    model, batch = simvtp_model(*DROPOUT), make_batch()
+    whole = _features_of_step(model, batch, StepContext(DistEnv(), step=3))
+    halves = torch.cat([_features_of_step(model, {k: v[2 * a:2 * a + 2] for k, v in batch.items()},
+                                          StepContext(DistEnv(), step=3, micro_step=a)) for a in range(2)])
+    # fp32 features after LayerNorm (entries of order 1) through 2 blocks in batches of 4 vs 2: a few ulps.
+    torch.testing.assert_close(halves, whole, atol=1e-5 * max(1.0, whole.abs().max().item()), rtol=0)
+    eval_features = _features_of_step(model.eval(), batch, StepContext(DistEnv(), step=3))
+    assert (eval_features - whole).abs().max() > 0.1  # dropout was on
+
+
+def test_dropout_differs_between_rows_micro_steps_and_steps_and_replays():
+    model = simvtp_model(*DROPOUT)
+    same = {k: v[:1].repeat(4, *([1] * (v.ndim - 1))) for k, v in make_batch(pad=False).items()}  # 4 equal rows
+
+    def features(step, micro_step):
+        return _features_of_step(model, same, StepContext(DistEnv(), step=step, micro_step=micro_step))
+
+    first, width = features(3, 0), model.clip.config.width
+    text = first[:, :width]
+    assert all((text[i] - text[j]).abs().max() > 1e-3 for i in range(4) for j in range(i))  # rows: own masks
+    assert (features(3, 1) - first).abs().max() > 1e-3  # the next micro-step: new rows, new masks
+    assert (features(4, 0) - first).abs().max() > 1e-3  # the next optimiser step
+    assert torch.equal(features(3, 0), first)  # (seed, step, row) decide: a resumed run replays them
+
+
+def test_checkpointed_blocks_recompute_the_masks_they_drew():
+    batch, grads = make_batch(), []
+    for checkpointing in (False, True):
+        model = simvtp_model(*DROPOUT)
+        for trunk in (model.clip, model.text_trunk):
+            trunk.set_grad_checkpointing(checkpointing)
+        grads.append(step_record(model, model(batch, StepContext(DistEnv(), step=3)))["grads"])
+    for name, grad in grads[0].items():  # the same arithmetic, recomputed: equal up to rounding
+        assert (grads[1][name] - grad).abs().max() <= 1e-6 * max(1.0, grad.abs().max().item()), name
+
+
+def test_the_trainer_numbers_the_micro_steps(corpora, tmp_path, monkeypatch):
+    from modules.heads.simvtp import SimVTP
+
+    seen, original = [], SimVTP.training_step
+
+    def recording(self, batch, ctx):
+        seen.append((ctx.step, ctx.micro_step, len(batch["text_ids"])))
+        return original(self, batch, ctx)
+
+    monkeypatch.setattr(SimVTP, "training_step", recording)
+    corpus, bench = corpora
+    assert main_task_retrieval.main(["--do_train", "--output_dir", str(tmp_path), "--datatype", "msrvtt", "--data_path",
+                                     str(bench), "--features_path", str(bench / "videos"), *TINY, "--epochs", "1",
+                                     "--gradient_accumulation_steps", "2"]) == 0
+    assert seen[:4] == [(0, 0, 2), (0, 1, 2), (1, 0, 2), (1, 1, 2)]
+
+
+def test_row_noise_hash_is_lowbias32_and_its_masks_have_the_rate():
+    from modules.videomae.row_noise import RowStream, mix32
+
+    def reference(x):  # Python's exact integers
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & 0xFFFFFFFF
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    values = torch.randint(0, 2 ** 32, (1000,), generator=torch.Generator().manual_seed(0))
+    assert mix32(values).tolist() == [reference(v) for v in values.tolist()]
+    assert mix32(0xFFFFFFFF) == reference(0xFFFFFFFF) and mix32(1) == reference(1)
+    stream = RowStream(12345, torch.arange(20000))
+    keep = stream.keep((1, 1), 0.3, torch.float32)
+    assert keep.shape == (20000, 1, 1) and keep.unique().tolist() == [0.0, torch.tensor(1 / 0.7).item()]
+    kept = (keep > 0).float().mean().item()
+    assert abs(kept - 0.7) < 4 * math.sqrt(0.7 * 0.3 / 20000)  # 4 standard errors
+    u = stream.uniform((8,))  # neighbouring elements and rows uncorrelated: |r| < 5.6 standard errors (1 / √n)
+    assert torch.corrcoef(torch.stack([u[:-1, 0], u[:-1, 1], u[1:, 0]]))[0, 1:].abs().max() < 0.04
+    assert torch.equal(RowStream(12345, torch.arange(5, 9)).uniform((8,)), u[5:9])  # a row's numbers are its own
+
+
 # -- main_pretrain.py: exact resume; pre-train -> fine-tune -> evaluate -----------------------------------
 
 

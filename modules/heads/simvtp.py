@@ -18,12 +18,12 @@ encoded view by view and averaged per video.
 
 Where this differs from SimVTP's code (docs/simvtp.md): means exclude padding (``--pool_padding`` for
 parity); VTC and VTM draw their negatives from the batch gathered over ranks (``--local_negatives`` for
-SimVTP's per-GPU batch); masks are drawn in the head from (seed, step), on the global batch.
+SimVTP's per-GPU batch); masks are drawn in the head from (seed, step), on the global batch; dropout and
+stochastic depth per sample from (seed, step, the sample's index in the global batch).
 """
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,7 @@ from modules.components.pixels import pixel_targets
 from modules.components.tube_mask import TubeMaskGenerator
 from modules.converters.simvtp import FRESH_FOR_FINETUNING
 from modules.videomae.loading import load_part
+from modules.videomae.row_noise import RowNoise, global_rows, row_noise, step_key
 from modules.videomae.transformer import JointTrunk, complete_tubelets
 
 from .base import RetrievalHead, masked_mean, register_head
@@ -75,15 +76,6 @@ def add_simvtp_args(parser) -> None:
 def scaled_lr(base_lr: float, global_batch: int, reference: int = 256) -> float:
     """SimVTP's (MAE's) linear scaling rule: 1.5e-4 x 1024 / 256 = 6e-4."""
     return base_lr * global_batch / reference
-
-
-@contextmanager
-def step_randomness(seed: int, device: torch.device):
-    """Dropout and stochastic depth of one step drawn from ``seed`` (then the global RNG continues as
-    before): a resumed run replays the same masks whatever else consumed random numbers meanwhile."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
 
 
 def average_views(features: Tensor, views: int) -> Tensor:
@@ -247,13 +239,20 @@ class SimVTP(RetrievalHead):
     def training_step(self, batch: dict, ctx) -> dict[str, Tensor]:
         if self.stage == "pretrain":
             return self._pretraining_step(batch, ctx)
-        with step_randomness(arg(self.args, "seed", 42) * 1_000_003 + ctx.step * 1009 + ctx.rank, ctx.device):
+        with row_noise(self.step_noise(ctx, len(batch["text_ids"]))):
             if not self.local_negatives:
                 return super().training_step(batch, ctx)
             with ctx.autocast():  # SimVTP's per-GPU NormSoftmax: this rank's pairs only
                 text = self.encode_text(batch["text_ids"], batch["text_mask"])
                 video = self.encode_video(batch["video"], batch["video_mask"])
             return self.compute_loss(text.float(), video.float())
+
+    def step_noise(self, ctx, rows: int) -> RowNoise:
+        """Dropout and stochastic depth of this micro-step's ``rows`` samples, from (seed, optimiser step,
+        each sample's index in the step's global batch): the same masks however the batch is split over
+        ranks and micro-steps, new ones for every sample and step, replayed by a resumed run."""
+        return RowNoise(step_key(arg(self.args, "seed", 42), ctx.step),
+                        global_rows(ctx.micro_step, ctx.world_size, ctx.rank, rows, ctx.device))
 
     # -- pre-training ------------------------------------------------------------------------------
     def _global_mean(self, ctx, sums: Tensor, counts: Tensor) -> Tensor:
@@ -303,8 +302,7 @@ class SimVTP(RetrievalHead):
         masked_ids, labels, selected = corrupted.ids[rows], corrupted.labels[rows], corrupted.selected[rows]
         masked, negatives = self.draw_masks(b, ctx, video.shape[1] // trunk.config.tubelet_size, video.device)
         text_valid = text_mask.bool()
-        seed = int(self.tube_mask.draws) * 1009 + self.tube_mask.seed * 1_000_003 + ctx.rank
-        with step_randomness(seed, video.device), ctx.autocast():  # dropout from (seed, step): resumable
+        with row_noise(self.step_noise(ctx, b)) as noise, ctx.autocast():
             out = self.masked_autoencode(video, video_mask, masked, masked_ids, text_valid)
             visible, visible_valid, text = out["visible"], out["visible_valid"], out["text"]
             mlm_logits = self.mlm_head(out["text_out"][selected])
@@ -317,7 +315,8 @@ class SimVTP(RetrievalHead):
                 other_valid = ctx.gather_nograd(visible_valid)[negatives]
             pairs = torch.cat([torch.cat([visible, other]), torch.cat([text, text])], 1)
             pairs_valid = torch.cat([torch.cat([visible_valid, other_valid]), text_valid.repeat(2, 1)], 1)
-            vtm_logits = self.vtm_head(self._pool(trunk(pairs, pairs_valid), pairs_valid))
+            with noise.rows_as(torch.cat([2 * noise.rows, 2 * noise.rows + 1])):  # positive, negative of a row
+                vtm_logits = self.vtm_head(self._pool(trunk(pairs, pairs_valid), pairs_valid))
 
         target = pixel_targets(video, trunk.config.tubelet_size, trunk.config.patch_size, self.statistics,
                                self.normalise_targets)

@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from modules.clip.transformer import BlockHook, LayerNorm
 
 from .config import VideoMAEConfig
+from .row_noise import RowStream, next_stream
 
 
 @functools.lru_cache(maxsize=16)
@@ -86,10 +87,13 @@ class MLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)))
 
 
-def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
-    """Stochastic depth: a sample's residual branch is dropped with probability ``rate`` (kept ones scaled)."""
+def drop_path(x: Tensor, rate: float, training: bool, stream: RowStream | None = None) -> Tensor:
+    """Stochastic depth: a sample's residual branch is dropped with probability ``rate`` (kept ones scaled),
+    drawn from ``stream`` (per sample, ``row_noise``) or else the global RNG."""
     if rate <= 0.0 or not training:
         return x
+    if stream is not None:
+        return x * stream.keep((1,) * (x.ndim - 1), rate, x.dtype)
     keep = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device, dtype=x.dtype).bernoulli_(1 - rate)
     return x * keep / (1 - rate)
 
@@ -104,9 +108,10 @@ class Block(nn.Module):
         self.mlp = MLP(width, int(width * mlp_ratio))
         self.drop_path_rate = drop_path_rate
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        x = x + drop_path(self.attn(self.norm1(x), attn_mask), self.drop_path_rate, self.training)
-        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, self.training)
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, noise: RowStream | None = None) -> Tensor:
+        attn_noise, mlp_noise = (noise.derive(0), noise.derive(1)) if noise is not None else (None, None)
+        x = x + drop_path(self.attn(self.norm1(x), attn_mask), self.drop_path_rate, self.training, attn_noise)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, self.training, mlp_noise)
 
 
 def init_vit_weights(module: nn.Module) -> None:
@@ -123,8 +128,11 @@ def init_vit_weights(module: nn.Module) -> None:
 
 def run_blocks(blocks: Sequence[nn.Module], x: Tensor, valid: Tensor | None = None, hooks: Sequence[BlockHook] = (),
                grad_checkpointing: bool = False) -> Tensor:
-    """The blocks over ``x`` with a key-padding mask (``valid`` (B, S), 1 = real token) and hooks."""
+    """The blocks over ``x`` with a key-padding mask (``valid`` (B, S), 1 = real token) and hooks. Under
+    ``row_noise`` the call takes one stream and hands each block its own, as an argument: a checkpointed
+    block recomputes the masks it drew."""
     base = key_mask_bias(valid)
+    stream = next_stream()
     for index, block in enumerate(blocks):
         for hook in hooks:
             x = hook.before_block(index, x)
@@ -132,10 +140,11 @@ def run_blocks(blocks: Sequence[nn.Module], x: Tensor, valid: Tensor | None = No
         mask = base
         for extra in masks:
             mask = extra.float() if mask is None else mask + extra.float()
+        noise = stream.derive(index) if stream is not None else None
         if grad_checkpointing and torch.is_grad_enabled():
-            x = checkpoint(block, x, mask, use_reentrant=False)
+            x = checkpoint(block, x, mask, noise, use_reentrant=False)
         else:
-            x = block(x, mask)
+            x = block(x, mask, noise)
         for hook in hooks:
             x = hook.after_block(index, x)
     return x
@@ -197,11 +206,14 @@ class JointTrunk(nn.Module):
         self.config = config
         rates = [drop_path_rate * i / max(1, config.layers - 1) for i in range(config.layers)]  # linear in depth
         self.visual = TubeletEmbedding(config) if video else None
-        self.text = None
+        self.text, self.text_dropout = None, 0.0
         if text:
             from transformers.models.bert.modeling_bert import BertEmbeddings
 
             self.text = BertEmbeddings(config.bert_config(**(text_overrides or {})))
+            # BERT's embedding dropout runs in embed_text instead, so it can be drawn per sample (row_noise)
+            # and the embedding layer (compiled by --compile) holds no randomness.
+            self.text_dropout, self.text.dropout = self.text.dropout.p, nn.Identity()
         self.blocks = nn.ModuleList([Block(config.width, config.heads, config.mlp_ratio, config.qkv_bias,
                                            config.norm_eps, rate) for rate in rates])
         self.norm = LayerNorm(config.width, eps=config.norm_eps) if final_norm else None
@@ -239,7 +251,13 @@ class JointTrunk(nn.Module):
         if int(ids.max()) >= self.text.word_embeddings.num_embeddings:
             raise ValueError(f"token id {int(ids.max())} is outside the text embedding's vocabulary of "
                              f"{self.text.word_embeddings.num_embeddings} (tokenizer and --bert_path disagree?)")
-        return self.text(input_ids=ids)
+        embedded = self.text(input_ids=ids)
+        if not self.training or self.text_dropout <= 0.0:
+            return embedded
+        stream = next_stream()
+        if stream is None:
+            return F.dropout(embedded, self.text_dropout, training=True)
+        return embedded * stream.keep(tuple(embedded.shape[1:]), self.text_dropout, embedded.dtype)
 
     def token_validity(self, video_mask: Tensor) -> Tensor:
         """(B, T) frame mask (T a multiple of the tubelet) -> (B, N) bool: a token is real when any frame of
