@@ -1,5 +1,5 @@
 """Two-stage retrieval: the dual-encoder scores choose the top-K candidates of every query in both
-directions, and the head's cross-encoder re-scores them (T2VLP, team spec §3.5). For a candidate c of
+directions, and the head's cross-encoder re-scores them (T2VLP's retrieval evaluation). For a candidate c of
 query q
 
     score(q, c) = softmax over q's K candidates of (s · S[q, ·])[c] · 1000 · p_match(q, c) + 1000,
@@ -9,10 +9,13 @@ every other entry keeps its raw score S. Raw scores are cosines (at most 1), so 
 outranks every non-candidate, and candidates are ordered by softmax(s·S) · p_match.
 
 A head re-ranks when it has ``can_rerank()`` true and ``match_probability(text_features,
-video_features, text_index, video_index)``; ``--rerank_topk 0`` turns it off. The cost is one
-cross-encoder pass per (query, candidate) pair: Nt·K T2V pairs and Nv·K V2T pairs, a pair that both
-directions chose evaluated once. The passes are batched (``--rerank_batch``), sharded over the ranks
-like encoding, gathered and put back in order; their count is logged and written to the metrics.
+video_features, text_index, video_index)`` taking (G, K) indices, one query's K candidates per row;
+``--rerank_topk 0`` turns it off. Each query's candidates are scored as one group, T2V and V2T
+separately, as T2VLP does: its matching head normalises across the candidates scored together, so a
+pair's p_match may differ between the two directions. The cost is one cross-encoder pass per
+(query, candidate) pair: Nt·K T2V pairs and Nv·K V2T pairs. Whole groups are batched (about
+``--rerank_batch`` pairs a batch), sharded over the ranks like encoding, gathered and put back in
+order; the pass count is logged and written to the metrics.
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ class Reranked:
     t2v_scores: Tensor  # (Nt, Kv)
     v2t_candidates: Tensor  # (Nv, Kt) caption indices
     v2t_scores: Tensor  # (Nv, Kt)
-    passes: int  # cross-encoder passes (distinct pairs)
+    passes: int  # cross-encoder passes (T2V pairs + V2T pairs)
 
     def transforms(self) -> tuple[M.TransformFn, M.TransformFn]:
         """(t2v, v2t) tile transforms for ``metrics.count_ranks``: candidates get their re-ranked score,
@@ -111,18 +114,17 @@ def rerank_candidates(model, encoded, args, env=None, precision: str = "fp32") -
     t2v_vals, t2v_idx = topk_per_row(tiles, num_captions, num_videos, min(k, num_videos), args.eval_tile_elements)
     v2t_vals, v2t_idx = topk_per_row(lambda rows, cols: tiles(cols, rows).t(), num_videos, num_captions,
                                      min(k, num_captions), args.eval_tile_elements)
-    t2v_keys = torch.arange(num_captions)[:, None] * num_videos + t2v_idx  # pair key = caption * Nv + video
-    v2t_keys = v2t_idx * num_videos + torch.arange(num_videos)[:, None]
-    keys, inverse = torch.unique(torch.cat([t2v_keys.flatten(), v2t_keys.flatten()]), return_inverse=True)
-    log.info("re-ranking: top %d of %d videos per caption and of %d captions per video: %d + %d candidate pairs, "
-             "%d fusion passes (%d shared by both directions), %d per rank", k, num_videos, num_captions,
-             t2v_keys.numel(), v2t_keys.numel(), keys.numel(), t2v_keys.numel() + v2t_keys.numel() - keys.numel(),
-             -(-keys.numel() // env.world_size))
-    probs = _match_sharded(model, encoded, keys // num_videos, keys % num_videos, args, env, precision)
-    p_t2v, p_v2t = probs[inverse[:t2v_keys.numel()]].view_as(t2v_vals), probs[inverse[t2v_keys.numel():]].view_as(v2t_vals)
+    passes = t2v_idx.numel() + v2t_idx.numel()
+    log.info("re-ranking: top %d of %d videos per caption and of %d captions per video: %d + %d fusion passes, "
+             "%d per rank", k, num_videos, num_captions, t2v_idx.numel(), v2t_idx.numel(),
+             -(-num_captions // env.world_size) * t2v_idx.shape[1] + -(-num_videos // env.world_size) * v2t_idx.shape[1])
+    p_t2v = _match_sharded(model, encoded, torch.arange(num_captions)[:, None].expand_as(t2v_idx), t2v_idx, args, env,
+                           precision)
+    p_v2t = _match_sharded(model, encoded, v2t_idx, torch.arange(num_videos)[:, None].expand_as(v2t_idx), args, env,
+                           precision)
     scale = float(model.score_scale())
     return Reranked(k, t2v_idx, rerank_scores(t2v_vals, p_t2v, scale), v2t_idx, rerank_scores(v2t_vals, p_v2t, scale),
-                    keys.numel())
+                    passes)
 
 
 def rerank_scores(raw: Tensor, p_match: Tensor, scale: float) -> Tensor:
@@ -131,17 +133,19 @@ def rerank_scores(raw: Tensor, p_match: Tensor, scale: float) -> Tensor:
 
 
 def _match_sharded(model, encoded, text_index: Tensor, video_index: Tensor, args, env, precision: str) -> Tensor:
-    """p_match of every pair, this rank evaluating its contiguous share in batches; gathered in order."""
+    """(G, K) p_match of the pairs (text_index[g, k], video_index[g, k]), each row one query's candidates
+    scored together; this rank evaluates its contiguous share of the rows in batches of whole rows, the
+    shares are gathered in order."""
     from tqdm import tqdm
 
     from engine.distributed import gather_rows, shard_indices
     from engine.evaluate import put_in_order
     from engine.step import autocast_context
 
-    total = text_index.numel()
+    total, group = text_index.shape
     share = torch.tensor(shard_indices(total, env))
     device = (encoded.text[0] if isinstance(encoded.text, (tuple, list)) else encoded.text).device
-    batches = share.split(max(1, args.rerank_batch))
+    batches = share.split(max(1, args.rerank_batch // max(1, group)))
     was_training = getattr(model, "training", False)
     model.eval()
     parts = []

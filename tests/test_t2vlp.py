@@ -15,13 +15,14 @@ from torch import nn
 
 import main_pretrain
 import main_task_retrieval
+from engine.checkpoint import model_flag_names
 from engine.distributed import DistEnv
 from engine.evaluate import EncodedSplit, evaluate_encoded
 from engine.rerank import OFFSET, rerank_candidates, topk_per_row
 from engine.step import StepContext
 from gloo import assert_same_step, run_on_ranks, step_record
 from modules.clip import LayerNorm, Transformer, VisionConfig, build_clip, tokenize
-from modules.components.fusion import HardNegativeSampler, prefix_lm_mask
+from modules.components.fusion import HardNegativeSampler, MatchHead, prefix_lm_mask
 from modules.components.tube import TubeTokens, alignment_weights, local_alignment
 from modules.factory import add_model_args, build_model, load_init_model
 from modules.heads import get_head
@@ -264,12 +265,146 @@ def test_rerank_candidates_outrank_the_rest_ordered_by_softmax_times_p_match():
     columns = v2t(sim, rows, rows)  # V2T: the candidates of a video are captions, re-scored down its column
     top = sim[:, 3].topk(k).indices
     torch.testing.assert_close(columns[top, 3], (5.0 * sim[top, 3]).softmax(0) * OFFSET * p[top, 3] + OFFSET)
-    pairs = {(q, int(v)) for q in range(n) for v in result.t2v_candidates[q]} | \
-        {(int(c), v) for v in range(n) for c in result.v2t_candidates[v]}
-    assert result.passes == len(pairs) < 2 * n * k  # each pair chosen by both directions evaluated once
+    assert result.passes == 2 * n * k  # every query's candidates scored as its own group, in both directions
     # Tiled evaluation with the same transforms over a 64-element tile grid gives the matrix's ranks.
     values, indices = topk_per_row(lambda r, c: sim[r][:, c], n, n, 3, tile_elements=64)
     assert torch.equal(indices, sim.topk(3).indices)
+
+
+class RecordingStub(StubHead):
+    """A StubHead that keeps the (text, video) index tensors of every match_probability call."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.calls = []
+
+    def match_probability(self, text, video, t, v):
+        self.calls.append((t.clone(), v.clone()))
+        return super().match_probability(text, video, t, v)
+
+
+def test_rerank_scores_each_querys_candidates_as_one_group_t2v_and_v2t_apart():
+    g = torch.Generator().manual_seed(1)
+    n, k = 6, 3
+    head = RecordingStub(torch.rand(n, n, generator=g), torch.rand(n, n, generator=g))
+    args = SimpleNamespace(rerank_topk=k, rerank_batch=7, eval_tile_elements=64)
+    result = rerank_candidates(head, EncodedSplit(torch.arange(n), torch.arange(n), torch.arange(n), n), args)
+    seen = {"t2v": [], "v2t": []}
+    for t, v in head.calls:
+        assert t.shape == v.shape and t.dim() == 2 and t.shape[1] == k and t.shape[0] <= 7 // k  # whole groups
+        if bool((t == t[:, :1]).all()):  # one caption per row, its K candidate videos
+            assert all(torch.equal(v[r], result.t2v_candidates[t[r, 0]]) for r in range(t.shape[0]))
+            seen["t2v"] += t[:, 0].tolist()
+        else:  # one video per row, its K candidate captions: never in the same call as a T2V group
+            assert bool((v == v[:, :1]).all())
+            assert all(torch.equal(t[r], result.v2t_candidates[v[r, 0]]) for r in range(t.shape[0]))
+            seen["v2t"] += v[:, 0].tolist()
+    assert sorted(seen["t2v"]) == sorted(seen["v2t"]) == list(range(n))
+
+
+def t2vlp_match_logits_by_hand(visual, text, unmatch, match):
+    """T2VLP's VTM logits [v̂ M⁻ t̃, v̂ M⁺ t̃] in fp64, element by element: v̂ = v / |v| per row, and
+    t̃[i, d] = t[i, d] / sqrt(Σ_k t[k, d]²), each text dimension divided by its norm over the K rows."""
+    visual, text = visual.double(), text.double()
+    rows, dims = text.shape
+    column_norm = [sum(float(text[r, d]) ** 2 for r in range(rows)) ** 0.5 for d in range(dims)]
+    out = torch.empty(rows, 2, dtype=torch.float64)
+    for i in range(rows):
+        v_hat = visual[i] / float(visual[i].norm())
+        t_tilde = torch.tensor([float(text[i, d]) / column_norm[d] for d in range(dims)], dtype=torch.float64)
+        for j, m in enumerate((unmatch, match)):
+            out[i, j] = sum(float(v_hat[a]) * float(m[a, b]) * float(t_tilde[b]) for a in range(dims) for b in range(dims))
+    return out
+
+
+def _fp32_tolerance(head):
+    """The head computes in fp32. A logit is Σ_ab v̂_a M_ab t̃_b with |v̂_a|, |t̃_b| <= 1: two length-D sums
+    (error <= D·2⁻²⁴ of the summed magnitudes each) plus the normalisations' few roundings (relative
+    2⁻²⁴ each), so its error is below (2·D + 4)·2⁻²⁴·Σ_ab |M_ab| on any BLAS and thread count."""
+    dims = head.match.shape[0]
+    return (2 * dims + 4) * 2 ** -24 * float(max(head.match.detach().abs().sum(), head.unmatch.detach().abs().sum()))
+
+
+def test_match_head_normalises_text_across_the_candidates_as_t2vlp_does():
+    torch.manual_seed(0)
+    head = MatchHead(8, dropout=0.2).eval()
+    visual, text = torch.randn(5, 8), torch.randn(5, 8) * torch.linspace(0.5, 3, 8)
+    expected = t2vlp_match_logits_by_hand(visual, text, head.unmatch.detach(), head.match.detach())
+    tol = _fp32_tolerance(head)
+    torch.testing.assert_close(head(visual, text).double(), expected, atol=tol, rtol=0)
+    # Groups along dim -2: (2, 5, 8) scores two groups of five, each normalised on its own.
+    both = head(torch.stack([visual, visual.flip(0)]), torch.stack([text, 2 * text[:, :].roll(1, 0)])).double()
+    torch.testing.assert_close(both[0], expected, atol=tol, rtol=0)
+    torch.testing.assert_close(both[1], t2vlp_match_logits_by_hand(visual.flip(0), 2 * text.roll(1, 0),
+                                                                   head.unmatch.detach(), head.match.detach()),
+                               atol=tol, rtol=0)
+    # A larger group's Σt² given from outside (training: the global batch) replaces the rows' own.
+    sumsq = text.square().sum(0, keepdim=True)
+    torch.testing.assert_close(head(visual[:2], text[:2], sumsq).double(), expected[:2], atol=tol, rtol=0)
+    # "vector": each text output divided by its own norm, by hand.
+    head.norm = "vector"
+    per_vector = [[float(visual[i] / visual[i].norm() @ m.detach() @ (text[i] / text[i].norm())) for m in
+                   (head.unmatch, head.match)] for i in range(5)]
+    torch.testing.assert_close(head(visual, text).double(), torch.tensor(per_vector, dtype=torch.float64), atol=tol,
+                               rtol=0)
+
+
+@pytest.mark.parametrize("norm", ["vector", "candidates"])
+def test_match_head_drops_out_after_normalising(norm):
+    torch.manual_seed(0)
+    head = MatchHead(8, dropout=0.5).train()
+    head.norm = norm
+    visual, text = torch.randn(5, 8), torch.randn(5, 8)
+    torch.manual_seed(3)
+    logits = head(visual, text)
+    torch.manual_seed(3)  # the same draws: dropout's mask depends only on the shape, v's first, then t's
+    keep_visual, keep_text = (nn.Dropout(0.5)(torch.ones(5, 8)) for _ in range(2))  # 0 or 1/(1-p) = 2
+    v_hat = visual / visual.norm(dim=-1, keepdim=True) * keep_visual
+    t_tilde = text / text.norm(dim=-1 if norm == "vector" else 0, keepdim=True) * keep_text
+    expected = torch.stack([((v_hat @ m.detach()) * t_tilde).sum(-1) for m in (head.unmatch, head.match)], -1)
+    assert (keep_visual == 0).any() and (keep_text == 0).any()
+    torch.testing.assert_close(logits, expected, atol=_fp32_tolerance(head), rtol=0)
+
+
+def test_vtm_training_normalises_text_over_the_global_batchs_3b_sequences():
+    model = t2vlp_model("--t2vlp_stage", "retrieval", *NO_DROPOUT)
+    seen = []
+    model.match.register_forward_hook(lambda module, inputs, output: seen.append((inputs, output)))
+    step(model, make_batch())
+    (visual, text, sumsq), logits = seen[0]
+    assert visual.shape == text.shape and text.shape[0] == 12  # 4 positives, 4 + 4 hard negatives
+    torch.testing.assert_close(sumsq, text.float().square().sum(0, keepdim=True))
+    expected = t2vlp_match_logits_by_hand(visual.detach(), text.detach(), model.match.unmatch.detach(),
+                                          model.match.match.detach())
+    torch.testing.assert_close(logits.detach().double(), expected, atol=_fp32_tolerance(model.match), rtol=0)
+
+
+def test_a_pairs_p_match_depends_on_its_fellow_candidates_only_under_candidates_norm():
+    assert "t2vlp_match_norm" in model_flag_names()  # recorded in checkpoints, restored with them
+    batch = make_batch()
+    pair_p = {}
+    for norm in ("candidates", "vector"):
+        model = t2vlp_model("--t2vlp_stage", "retrieval", "--t2vlp_match_norm", norm).eval()
+        assert model.match.norm == norm
+        with torch.no_grad():
+            text = model.encode_text(batch["text_ids"], batch["text_mask"])
+            video = model.encode_video(batch["video"], batch["video_mask"])
+            # caption 0 with video 0, once beside video 1 and once beside video 2
+            pair_p[norm] = [float(model.match_probability(text, video, torch.zeros(2, dtype=torch.long),
+                                                          torch.tensor([0, other]))[0]) for other in (1, 2)]
+            alone = float(model.match_probability(text, video, torch.tensor([0]), torch.tensor([0]))[0])
+        if norm == "vector":
+            assert pair_p[norm][0] == pytest.approx(pair_p[norm][1], abs=1e-6) == pytest.approx(alone, abs=1e-6)
+    assert t2vlp_model("--t2vlp_stage", "retrieval").match.norm == "candidates"  # the default: T2VLP's
+    assert abs(pair_p["candidates"][0] - pair_p["candidates"][1]) > 1e-3
+
+
+def test_a_converted_t2vlp_file_is_rescored_with_t2vlps_normalisation(tmp_path):
+    from test_converters import T2VLP_MODELS, parse, save_as_seed, tiny
+
+    path = save_as_seed(tiny(T2VLP_MODELS["downstream-retrieval"]), "t2vlp", tmp_path / "pytorch_model.bin.4")
+    args = parse("--init_model", str(path))
+    assert build_model(args).match.norm == "candidates" == args.t2vlp_match_norm
 
 
 def test_evaluation_reports_raw_and_reranked_side_by_side():
@@ -292,6 +427,10 @@ def test_evaluation_reports_raw_and_reranked_side_by_side():
                                     rr.t2v_candidates[0])
     expected = (model.score_scale() * sim[0, rr.t2v_candidates[0]]).double().softmax(0).float() * OFFSET * p + OFFSET
     torch.testing.assert_close(rr.t2v_scores[0], expected)
+    with torch.no_grad():  # V2T: video 1's candidate captions are their own group
+        p = model.match_probability(encoded.text, encoded.video, rr.v2t_candidates[1], torch.ones(2, dtype=torch.long))
+    expected = (model.score_scale() * sim[rr.v2t_candidates[1], 1]).double().softmax(0).float() * OFFSET * p + OFFSET
+    torch.testing.assert_close(rr.v2t_scores[1], expected)
 
 
 # -- padding, stages, loading --------------------------------------------------------------------------

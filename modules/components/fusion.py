@@ -1,11 +1,12 @@
-"""A cross-modal fusion encoder and what trains it (T2VLP, team spec §3.4):
+"""A cross-modal fusion encoder and what trains it (T2VLP, github.com/Unified-Robots/T2VLP):
 
 * ``FusionEncoder``: a bidirectional transformer whose blocks start as CLIP's first text blocks, with
   its own positional table (initialised from the text tower's);
 * ``prefix_lm_mask`` / ``key_mask``: additive fp32 masks (visual rows never see text under the
   prefix-LM mask; text rows see the visual part and earlier text);
 * ``VocabHead``: token logits tied to CLIP's token embedding, ``dropout(o) P Eᵀ + b``;
-* ``MatchHead``: bilinear video-text matching logits [unmatch, match] on normalised outputs;
+* ``MatchHead``: bilinear video-text matching logits [unmatch, match] on normalised outputs, the text
+  outputs normalised across the pairs scored together (T2VLP's) or each on its own;
 * ``HardNegativeSampler``: one negative per row drawn from the off-diagonal softmax of a similarity
   matrix, with a generator every rank seeds alike, so all ranks draw the same negatives from the
   gathered matrix;
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 
 from modules.clip.transformer import Transformer, key_mask
 
-__all__ = ["FusionEncoder", "HardNegativeSampler", "MatchHead", "VocabHead", "gather_batch", "key_mask",
+__all__ = ["FusionEncoder", "HardNegativeSampler", "MATCH_NORMS", "MatchHead", "VocabHead", "gather_batch", "key_mask",
            "prefix_lm_mask", "rank_share"]
 
 
@@ -85,18 +86,42 @@ class VocabHead(nn.Module):
         return (self.dropout(hidden) @ self.proj.to(hidden.dtype)) @ embedding.to(hidden.dtype).t() + self.bias
 
 
-class MatchHead(nn.Module):
-    """[ôᵥᵀ M⁻ ôₜ, ôᵥᵀ M⁺ ôₜ] with ô = normalise(dropout(o)): logits of (unmatched, matched)."""
+MATCH_NORMS = ("candidates", "vector")
 
-    def __init__(self, width: int, dropout: float = 0.2):
+
+class MatchHead(nn.Module):
+    """Logits [ôᵥᵀ M⁻ ôₜ, ôᵥᵀ M⁺ ôₜ] of (unmatched, matched) for a group of K scored pairs.
+
+    ``visual`` and ``text`` (..., K, D) hold Ψ's outputs of the K pairs along dim -2. ôᵥ = dropout(v / |v|).
+    With ``norm="candidates"`` (T2VLP's code) ôₜ = dropout(t / ||t||_K): every text dimension is divided by
+    its norm over the K pairs, so a pair's logits depend on the other pairs scored with it; ``"vector"``
+    divides each t by its own norm. Dropout follows the normalisation in both, as in T2VLP's code.
+    """
+
+    def __init__(self, width: int, dropout: float = 0.2, norm: str = "candidates", eps: float = 1e-12):
         super().__init__()
+        if norm not in MATCH_NORMS:
+            raise ValueError(f"the matching head's text normalisation must be one of {', '.join(MATCH_NORMS)}, got {norm!r}")
         self.unmatch = nn.Parameter(torch.randn(width, width) * width ** -0.5)
         self.match = nn.Parameter(torch.randn(width, width) * width ** -0.5)
         self.dropout = nn.Dropout(dropout)
+        self.norm, self.eps = norm, eps
 
-    def forward(self, visual: Tensor, text: Tensor) -> Tensor:
-        v = F.normalize(self.dropout(visual).float(), dim=-1)
-        t = F.normalize(self.dropout(text).float(), dim=-1)
+    def candidate_sumsq(self, text: Tensor) -> Tensor:
+        """(..., K, D) -> (..., 1, D): Σ_K t², the part of the candidate-axis norm these rows contribute."""
+        return text.float().square().sum(-2, keepdim=True)
+
+    def forward(self, visual: Tensor, text: Tensor, text_sumsq: Tensor | None = None) -> Tensor:
+        """(..., K, D) twice -> (..., K, 2). ``text_sumsq`` (``"candidates"`` only): Σ t² over a group larger
+        than the rows given (training: the whole global batch, gathered from every rank)."""
+        v = F.normalize(visual.float(), dim=-1, eps=self.eps)
+        t = text.float()
+        if self.norm == "candidates":
+            sumsq = self.candidate_sumsq(t) if text_sumsq is None else text_sumsq.float()
+            t = t / sumsq.sqrt().clamp_min(self.eps)
+        else:
+            t = F.normalize(t, dim=-1, eps=self.eps)
+        v, t = self.dropout(v), self.dropout(t)
         return torch.stack([((v @ m.float()) * t).sum(-1) for m in (self.unmatch, self.match)], dim=-1)
 
 

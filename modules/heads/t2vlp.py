@@ -1,4 +1,4 @@
-"""T2VLP: Focus and Align, tube tokens (``--method t2vlp``), per the team spec §3.
+"""T2VLP: Focus and Align, tube tokens (``--method t2vlp``) (github.com/Unified-Robots/T2VLP, TMM 2022).
 
 Video side: CLIP frames with the last ``--joint_layers`` vision blocks attending across all frames of a
 clip (padded frames hidden), frame features f -> meanP video feature v; the input of the first joint
@@ -30,8 +30,8 @@ from torch import Tensor, nn
 
 from modules.clip import CLIP
 from modules.components import BertMasker
-from modules.components.fusion import (FusionEncoder, HardNegativeSampler, MatchHead, VocabHead, gather_batch,
-                                       key_mask, prefix_lm_mask, rank_share)
+from modules.components.fusion import (MATCH_NORMS, FusionEncoder, HardNegativeSampler, MatchHead, VocabHead,
+                                       gather_batch, key_mask, prefix_lm_mask, rank_share)
 from modules.components.tube import TubeTokens, local_alignment
 
 from .base import RetrievalHead, masked_mean, normalise, register_head, symmetric_infonce
@@ -56,6 +56,10 @@ def add_t2vlp_args(parser) -> None:
     g.add_argument("--fusion_layers", type=int, default=6, help="fusion encoder blocks (from CLIP's text blocks)")
     g.add_argument("--fusion_lr", type=float, default=None, help="learning rate of the fusion modules (default --lr)")
     g.add_argument("--fusion_dropout", type=float, default=0.2, help="dropout of the VTM and vocabulary heads")
+    g.add_argument("--t2vlp_match_norm", choices=MATCH_NORMS, default="candidates",
+                   help="how the VTM head normalises Ψ's text outputs: candidates (T2VLP's code and released weights): "
+                        "each dimension over the pairs scored together (training: the global batch's 3B VTM "
+                        "sequences; re-ranking: a query's K candidates); vector: each output by its own norm")
     g.add_argument("--freeze_backbone", action="store_true",
                    help="stage 2: CLIP and the tube module are frozen and encoded without gradient; only the fusion "
                         "modules train (T2VLP: detached inputs, backbone at 1e-8)")
@@ -69,6 +73,8 @@ def add_t2vlp_args(parser) -> None:
 class T2VLP(RetrievalHead):
     # A later stage's modules, dropped (with a log line) when a model without them loads its checkpoint.
     pretrain_only_prefixes = FUSION_MODULES
+    # Ψ reads the text tower's token features w (pre-training, captioning), never raw token embeddings.
+    fusion_reads_text_tower = True
 
     def __init__(self, clip: CLIP, args=None):
         super().__init__(clip, args)
@@ -94,7 +100,7 @@ class T2VLP(RetrievalHead):
                             1 + arg(args, "max_frames", 12) + self.tube.centers.shape[0] + arg(args, "max_words", 32))
             dropout = arg(args, "fusion_dropout", 0.2)
             self.fusion = FusionEncoder(clip.text, arg(args, "fusion_layers", 6), positions)
-            self.match = MatchHead(width, dropout)
+            self.match = MatchHead(width, dropout, arg(args, "t2vlp_match_norm", "candidates"))
             self.negatives = HardNegativeSampler(arg(args, "seed", 42))
         if self.stage == "2":
             from modules.clip.tokenizer import get_tokenizer
@@ -201,19 +207,25 @@ class T2VLP(RetrievalHead):
             mask = key_mask(torch.cat([visual_valid, text_mask], dim=1))
         return self.fusion(x, attn_mask=mask)
 
-    def match_logits(self, visual: Tensor, visual_valid: Tensor, words: Tensor, text_mask: Tensor) -> Tensor:
-        """(N, 2) [unmatched, matched] from Ψ's outputs at v̄ (position 0) and at the caption's EOT."""
+    def match_outputs(self, visual: Tensor, visual_valid: Tensor, words: Tensor, text_mask: Tensor
+                      ) -> tuple[Tensor, Tensor]:
+        """Ψ's outputs (N, W) at v̄ (position 0) and at the caption's EOT: the matching head's inputs."""
         out = self._fuse(visual, visual_valid, words, text_mask)
         eot = visual.shape[1] + text_mask.sum(1).long() - 1
-        return self.match(out[:, 0], out[torch.arange(out.shape[0], device=out.device), eot])
+        return out[:, 0], out[torch.arange(out.shape[0], device=out.device), eot]
 
     @torch.no_grad()
     def match_probability(self, text_features, video_features, text_index: Tensor, video_index: Tensor) -> Tensor:
-        """p_match of the pairs (text_index[i], video_index[i]) of encoded features (re-ranking)."""
-        _, words, text_mask = (x.index_select(0, text_index) for x in text_features[:3])
-        _, frames, tubes, video_mask = (x.index_select(0, video_index) for x in video_features[:4])
+        """p_match of the pairs (text_index[..., k], video_index[..., k]) of encoded features (re-ranking),
+        shaped like the indices. The pairs along the last axis are one query's candidates, scored together
+        (``--t2vlp_match_norm candidates`` normalises across them, as T2VLP re-ranks)."""
+        shape = text_index.shape
+        _, words, text_mask = (x.index_select(0, text_index.flatten()) for x in text_features[:3])
+        _, frames, tubes, video_mask = (x.index_select(0, video_index.flatten()) for x in video_features[:4])
         visual, visual_valid = self.visual_sequence(frames, tubes, video_mask)
-        return self.match_logits(visual, visual_valid, words, text_mask).float().softmax(-1)[:, 1]
+        out_visual, out_text = (o.reshape(*shape, o.shape[-1]) for o in self.match_outputs(visual, visual_valid, words,
+                                                                                             text_mask))
+        return self.match(out_visual, out_text).softmax(-1)[..., 1]
 
     # -- training ----------------------------------------------------------------------------------
     def check_batch(self, global_batch: int) -> None:
@@ -247,14 +259,20 @@ class T2VLP(RetrievalHead):
 
     def _vtm_loss(self, visual, visual_valid, words, text_mask, scores, rows, ctx) -> Tensor:
         """Per local pair i: (v_i, t_i) matched, (v_j(i), t_i) and (v_i, t_j'(i)) not, the negatives
-        drawn from the gathered scores; CE over the 3·B_g sequences of the global batch."""
+        drawn from the gathered scores; CE over the 3·B_g sequences of the global batch. Under
+        ``candidates`` the text outputs are normalised over all 3·B_g sequences (every rank's Σ t²,
+        gathered with gradient), so 2 ranks equal 1 process; T2VLP's code normalised over each GPU's."""
         video_for_text, text_for_video = self.negatives(scores)
         n = rows.numel()
         vis = torch.cat([rows, video_for_text[rows], rows])
         txt = torch.cat([rows, rows, text_for_video[rows]])
         labels = torch.cat([torch.ones(n), torch.zeros(2 * n)]).long().to(rows.device)
         with ctx.autocast():
-            logits = self.match_logits(visual[vis], visual_valid[vis], words[txt], text_mask[txt])
+            out_visual, out_text = self.match_outputs(visual[vis], visual_valid[vis], words[txt], text_mask[txt])
+        sumsq = None
+        if self.match.norm == "candidates":
+            sumsq = ctx.gather(self.match.candidate_sumsq(out_text)).sum(0, keepdim=True)
+        logits = self.match(out_visual, out_text, sumsq)
         return rank_share(F.cross_entropy(logits.float(), labels, reduction="sum"), 3 * scores.shape[0], ctx)
 
     def _language_losses(self, ids, text_mask, words, visual, visual_valid, rows, ctx) -> dict[str, Tensor]:
