@@ -1,9 +1,11 @@
 """Video captioning on any registered head (``main_task_caption.py``; T2VLP's design).
 
 The head gives the video as a token sequence (``head.visual_tokens``: [v̄; frames] by default, T2VLP's
-[v̄; frames; tube tokens]); a prefix-LM transformer reads it as a prefix, the caption's CLIP token
-embeddings after it (text causal, the prefix never reading the text), and a vocabulary head tied to
-CLIP's token embedding predicts the next token. A head that already has a fusion encoder and a
+[v̄; frames; tube tokens]); a prefix-LM transformer reads it as a prefix, the caption after it (text
+causal, the prefix never reading the text), and a vocabulary head tied to CLIP's token embedding
+predicts the next token. The caption enters as CLIP's token embeddings, or, on a head whose fusion
+encoder was trained on the text tower's token features (T2VLP: ``fusion_reads_text_tower``), as those
+features, as T2VLP's captioning feeds them. A head that already has a fusion encoder and a
 vocabulary head (a T2VLP stage-2 or downstream checkpoint) lends them; otherwise the decoder is built
 from CLIP's first ``--decoder_layers`` text blocks. Visual tokens of another width than the text's are
 projected.
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from modules.components.decoder import beam_search, greedy_search, make_stepper
+from modules.components.decoder import TextTowerTokens, beam_search, greedy_search, make_stepper, with_text_state
 from modules.components.fusion import FusionEncoder, VocabHead, prefix_lm_mask, rank_share
 from modules.heads.prompting import arg
 from modules.task_model import TaskModel
@@ -61,6 +63,7 @@ class CaptionModel(TaskModel):
         special = get_tokenizer()
         self.sot, self.eot = special.sot_id, special.eot_id
         self.retrieval_weight = float(arg(args, "caption_retrieval_loss_weight", 1.0))
+        self.reads_text_tower = bool(getattr(head, "fusion_reads_text_tower", False))
         width = text.cfg.width
         if getattr(head, "fusion", None) is None:
             self.decoder = FusionEncoder(text, arg(args, "decoder_layers", 6), 2 * text.cfg.context_length)
@@ -83,13 +86,27 @@ class CaptionModel(TaskModel):
     def embed(self, ids: Tensor, like: Tensor) -> Tensor:
         return self.clip.text.token_embedding(ids).to(like.dtype)
 
+    def text_input(self, ids: Tensor, mask: Tensor, like: Tensor) -> Tensor:
+        """The decoder's text rows (N, L, W) for whole captions: the text tower's token features when the
+        head reads them, else the token embeddings."""
+        if self.reads_text_tower:
+            return self.clip.encode_text(ids, mask, return_tokens=True)[1].to(like.dtype)
+        return self.embed(ids, like)
+
+    def step_input(self, like: Tensor, use_cache: bool = True):
+        """Decoding: new ids (N, 1) -> the decoder's rows for them (N, 1, W), the same as ``text_input``
+        gives at those positions (a ``TextTowerTokens`` when the head reads the text tower)."""
+        if self.reads_text_tower:
+            return TextTowerTokens(self.clip.text, like.dtype, use_cache)
+        return lambda ids: self.embed(ids, like)
+
     def vocab_logits(self, hidden: Tensor) -> Tensor:
         return self.caption_vocab()(hidden, self.clip.text.token_embedding.weight)
 
     def caption_logits(self, visual: Tensor, valid: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
         """(N, L, V): the logits at every text position under the prefix-LM mask (position t predicts t+1)."""
         prefix = self.prefix(visual)
-        out = self.caption_decoder()(torch.cat([prefix, self.embed(ids, prefix)], dim=1),
+        out = self.caption_decoder()(torch.cat([prefix, self.text_input(ids, mask, prefix)], dim=1),
                                      attn_mask=prefix_lm_mask(valid, mask))
         return self.vocab_logits(out[:, prefix.shape[1]:])
 
@@ -129,8 +146,8 @@ class CaptionModel(TaskModel):
         """Token ids (without SOT and EOT) of one caption per video."""
         visual, valid = self.head.visual_tokens(video, video_mask)
         prefix = self.prefix(visual)
-        stepper = make_stepper(self.caption_decoder(), prefix, valid, use_cache)
-        embed = lambda ids: self.embed(ids, prefix)  # noqa: E731
+        embed = self.step_input(prefix, use_cache)
+        stepper = with_text_state(make_stepper(self.caption_decoder(), prefix, valid, use_cache), embed)
         log_probs = lambda hidden: self.vocab_logits(hidden[:, -1]).float().log_softmax(-1)  # noqa: E731
         if beam_size == 1:  # the same captions as beam search with one beam (tested), without its bookkeeping
             return greedy_search(stepper, embed, log_probs, video.shape[0], self.sot, self.eot, max_len, video.device)

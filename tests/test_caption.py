@@ -50,13 +50,50 @@ def test_cached_decoding_equals_re_encoding_the_prefix(head):
         visual, valid = model.head.visual_tokens(batch["video"], batch["video_mask"])
         prefix = model.prefix(visual)
         cached, full = (make(model.caption_decoder(), prefix, valid) for make in (CachedStepper, FullStepper))
+        embed = model.step_input(prefix)
         for ids in ([model.sot] * 3, [320, 1845, 7], [3140, 3140, 5]):
-            token = model.embed(torch.tensor(ids)[:, None], prefix)
+            token = embed(torch.tensor(ids)[:, None])
             assert torch.allclose(cached.step(token), full.step(token), atol=1e-5)
     for beams in (1, 3):
         with_cache = model.generate(batch["video"], batch["video_mask"], beams, max_len=8, use_cache=True)
         without = model.generate(batch["video"], batch["video_mask"], beams, max_len=8, use_cache=False)
         assert with_cache == without and len(with_cache) == 3
+
+
+def test_a_t2vlp_decoder_reads_the_text_towers_token_features(monkeypatch):
+    model = caption_model("t2vlp_stage2").eval()
+    batch = t2.make_batch(n=3)
+    ids, mask = batch["text_ids"], batch["text_mask"]
+    inputs = []
+    model.caption_decoder().register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    with torch.no_grad():
+        visual, valid = model.head.visual_tokens(batch["video"], batch["video_mask"])
+        model.caption_logits(visual, valid, ids, mask)
+        words = model.clip.encode_text(ids, mask, return_tokens=True)[1]
+    assert torch.equal(inputs[0][:, visual.shape[1]:], words)  # training: w, not the token embeddings
+    # Decoding feeds, step by step, the features the tower gives the caption so far at its last position.
+    fed = []
+    step_input = model.step_input
+
+    def recording(like, use_cache=True):
+        embed = step_input(like, use_cache)
+
+        def call(new_ids):
+            fed.append((new_ids, embed(new_ids)))
+            return fed[-1][1]
+        call.reorder = embed.reorder
+        return call
+
+    monkeypatch.setattr(model, "step_input", recording)
+    for use_cache in (True, False):
+        fed.clear()
+        model.generate(batch["video"], batch["video_mask"], 1, max_len=5, use_cache=use_cache)
+        with torch.no_grad():
+            expected = model.clip.encode_text(torch.cat([i for i, _ in fed], 1), None, return_tokens=True)[1]
+        got = torch.cat([f for _, f in fed], 1)
+        # fp32, cached vs whole-sequence attention: the same sums in another order, well under 1e-5 of the scale
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5 * float(expected.abs().max()))
+        assert len(fed) >= 2
 
 
 def test_beam_one_is_greedy_and_beam_search_finds_what_greedy_misses():

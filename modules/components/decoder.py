@@ -10,6 +10,11 @@ hidden state behind one interface, so greedy and beam search run on either:
 * ``FullStepper``: the whole [prefix; text so far] re-encoded at every step (T2VLP's decoding), kept
   for the equality test and the speed comparison (``--no_kv_cache``).
 
+A decoder that reads the text tower's token features (T2VLP's) gets them one token per step from
+``TextTowerTokens``: the tower is causal, so a token's features depend only on the tokens before it and
+the tower's blocks keep a KV cache too; ``with_text_state`` makes beam search reorder that cache with
+the decoder's.
+
 ``greedy_search`` and ``beam_search`` (batched, length penalty) return token ids without SOT and EOT.
 """
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from modules.clip.transformer import KVCache
 from modules.components.fusion import FusionEncoder, prefix_lm_mask
@@ -79,6 +84,55 @@ class FullStepper:
 
 def make_stepper(fusion: FusionEncoder, prefix: Tensor, prefix_valid: Tensor, use_cache: bool = True):
     return (CachedStepper if use_cache else FullStepper)(fusion, prefix, prefix_valid)
+
+
+class TextTowerTokens:
+    """CLIP's text tower (``TextTransformer``) fed one new token per call: ids (N, 1) -> the tower's token
+    features (N, 1, D) at that position given every token fed before. Cached: each block keeps its keys
+    and values; otherwise the whole caption so far is re-encoded and its last position read."""
+
+    def __init__(self, text: nn.Module, dtype: torch.dtype, use_cache: bool = True):
+        self.text, self.dtype, self.use_cache = text, dtype, use_cache
+        self.caches = [KVCache() for _ in text.transformer.resblocks]
+        self.ids: Tensor | None = None  # the tokens fed so far (N, length)
+
+    def __call__(self, ids: Tensor) -> Tensor:
+        self.ids = ids if self.ids is None else torch.cat([self.ids, ids], dim=1)
+        if not self.use_cache:
+            return self.text(self.ids, return_tokens=True)[1][:, -1:].to(self.dtype)
+        position = self.ids.shape[1] - 1
+        if position >= self.text.cfg.context_length:
+            raise ValueError(f"{position + 1} tokens exceed the text tower's context length {self.text.cfg.context_length}")
+        x = self.text.token_embedding(ids) + self.text.positional_embedding[position: position + 1]
+        x = x.to(self.text.transformer.resblocks[0].attn.in_proj_weight.dtype)
+        for block, cache in zip(self.text.transformer.resblocks, self.caches):
+            x = block(x, cache=cache)  # the cache holds only earlier tokens: causal without a mask
+        return (self.text.ln_final(x) @ self.text.proj).to(self.dtype)
+
+    def reorder(self, index: Tensor) -> None:
+        for cache in self.caches:
+            cache.reorder(index)
+        if self.ids is not None:
+            self.ids = self.ids.index_select(0, index)
+
+
+class _ReorderedTogether:
+    """A stepper whose ``reorder`` also reorders another holder of per-row decoding state."""
+
+    def __init__(self, stepper, other):
+        self.stepper, self.other = stepper, other
+
+    def step(self, tokens: Tensor) -> Tensor:
+        return self.stepper.step(tokens)
+
+    def reorder(self, index: Tensor) -> None:
+        self.stepper.reorder(index)
+        self.other.reorder(index)
+
+
+def with_text_state(stepper, embed):
+    """``stepper``, reordering ``embed``'s state with its own when ``embed`` keeps any (``TextTowerTokens``)."""
+    return _ReorderedTogether(stepper, embed) if hasattr(embed, "reorder") else stepper
 
 
 def _strip(rows: list[list[int]], eot: int) -> list[list[int]]:
