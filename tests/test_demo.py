@@ -57,3 +57,17 @@ def test_data_dir_made_with_other_settings_is_one_line_naming_data_dir(tmp_path)
     assert proc.stderr.startswith(f"error: {data} was generated with other settings (num_train 2 there, 50 now")
     assert proc.stderr.rstrip().endswith("delete it or set DATA_DIR=another/folder")
     assert not (tmp_path / "out").exists()  # stopped before training
+
+
+def test_caption_demo_shows_the_training_progress(tmp_path):
+    # The training's own lines reach the terminal (they were cut to the last 4 lines, leaving minutes of
+    # silence); the untrained evaluation stays short.
+    env = {**os.environ, "PYTHON": sys.executable, "DATA_DIR": str(tmp_path / "toy"), "OUTPUT_DIR": str(tmp_path / "out"),
+           "NUM_TRAIN": "4", "NUM_TEST": "4", "TOY_SECONDS": "1.2"}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "demo_caption.sh"), "--epochs", "1", "--batch_size", "2",
+                           "--batch_size_val", "4", "--max_frames", "4", "--num_thread_reader", "0", "--n_display", "1"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shown = proc.stdout + proc.stderr
+    assert "epoch 1 step 1/2 loss" in shown and "epoch 1 step 2/2 loss" in shown and "epoch 1/1 done" in shown
+    assert "UniVTR captioning demo" in proc.stdout
