@@ -49,3 +49,19 @@ def test_no_citation_of_files_outside_the_repository():
     found = [hit for path in project_files() if path != Path(__file__).resolve()
              for hit in outside_citations(path, path.read_text(encoding="utf-8"))]
     assert not found, "cite the authors' repositories and papers instead:\n" + "\n".join(found)
+
+
+def test_install_line_runs_apt_get_as_root_without_sudo_and_through_sudo_otherwise(tmp_path):
+    import os
+    import subprocess
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "sudo apt-get" not in readme  # root in a container often has no sudo
+    (choose,) = [line.split("#")[0] for line in readme.splitlines() if line.startswith("SUDO=")]
+    fake_id = tmp_path / "id"
+    for uid, expected in (("0", ""), ("1000", "sudo")):
+        fake_id.write_text(f"#!/bin/sh\necho {uid}\n")
+        fake_id.chmod(0o755)
+        out = subprocess.run(["bash", "-c", f'{choose}; printf "[%s]" "$SUDO"'], capture_output=True, text=True,
+                             env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}, check=True).stdout
+        assert out == f"[{expected}]", uid
