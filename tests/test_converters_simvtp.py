@@ -274,7 +274,8 @@ def test_our_simvtp_pretraining_file_logs_what_fine_tuning_takes_from_it(tmp_pat
     assert tuned.stage == "finetune"
     assert all(torch.equal(v, source.state_dict()["clip." + k[len("text_trunk."):]])
                for k, v in tuned.state_dict().items() if k.startswith("text_trunk."))
-    assert "start fresh" not in caplog.text  # the text copy is the checkpoint's trunk, not a fresh module
+    # The text copy is the checkpoint's trunk, not a fresh module; the two new LayerNorms are.
+    assert "these start fresh: text_fc_norm, video_fc_norm\n" in caplog.text
     assert f"text_trunk.* not in the checkpoint: {FRESH_FOR_FINETUNING['text_trunk.']}" in caplog.text
     mapped = re.search(r"(\d+) tensors mapped \((.*)\)", caplog.text)
     counts = dict(re.findall(r"([\w ]+?) (\d+)(?:, |$)", mapped[2]))

@@ -159,11 +159,12 @@ class SimVTP(RetrievalHead):
         self.register_load_state_dict_post_hook(SimVTP._text_copy_from_trunk)
 
     def optional_in_checkpoint(self, state) -> dict[str, str]:
-        """{prefix: how it starts} for the modules the dual encoder adds, when ``state`` is a pre-training
-        checkpoint (one trunk, no text copy): the loader accepts their absence and logs these lines."""
+        """A pre-training checkpoint (one trunk, no text copy) fills the dual encoder's text copy too (the
+        post-load hook copies the trunk): the loader accepts its absence and logs how it starts. The two new
+        ``fc_norm``s are not filled: they start at 1 / 0, and the log (and ``--do_eval``) names them."""
         if self.stage == "pretrain" or any(k.startswith("text_trunk.") for k in state):
             return {}
-        return dict(FRESH_FOR_FINETUNING)
+        return {"text_trunk.": FRESH_FOR_FINETUNING["text_trunk."]}
 
     @staticmethod
     def _text_copy_from_trunk(module: "SimVTP", incompatible) -> None:
