@@ -37,6 +37,10 @@ def report_errors(args, argv: Sequence[str] | None = None) -> int:
     except Preempted as stopped:
         print(f"preempted: {stopped}", file=sys.stderr)
         return stopped.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C (the first one checkpoints: engine.preemption)
+        print("interrupted: a second Ctrl-C stopped the run at once, without a checkpoint; --resume auto continues "
+              "from the last checkpoint_last.pt, if any", file=sys.stderr)
+        return 130
     except (DataError, CheckpointError, FloatingPointError, ValueError) as error:
         logging.getLogger("univtr").debug("details", exc_info=True)
         print(f"error: {one_line(error)}", file=sys.stderr)

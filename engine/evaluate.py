@@ -86,18 +86,22 @@ def encode(model, loader: DataLoader, side: str, device) -> tuple[Features, torc
 def eval_loader(dataset, args, device, sampler: Sampler | None = None) -> DataLoader:
     """An evaluation DataLoader: ``--batch_size_val`` items in order, ``--pin_memory`` for ``device``."""
     from engine.perf import pin_memory
+    from engine.preemption import ignore_stop_signals
 
     return DataLoader(dataset, batch_size=args.batch_size_val, shuffle=False, sampler=sampler,
-                      num_workers=args.num_thread_reader, pin_memory=pin_memory(args, torch.device(device)))
+                      num_workers=args.num_thread_reader, pin_memory=pin_memory(args, torch.device(device)),
+                      worker_init_fn=ignore_stop_signals)
 
 
-def shard_loader(dataset, args, env) -> DataLoader:
-    """This rank's share of ``dataset`` (``shard_indices``: equal counts, the last index repeated)."""
+def shard_loader(dataset, args, env):
+    """This rank's share of ``dataset`` (``shard_indices``: equal counts, the last index repeated) in
+    batches; during training, a signal stops it on every rank at once (``engine.preemption``)."""
     from torch.utils.data import Subset
 
     from engine.distributed import shard_indices
+    from engine.preemption import stop_at_signal
 
-    return eval_loader(Subset(dataset, shard_indices(len(dataset), env)), args, env.device)
+    return stop_at_signal(eval_loader(Subset(dataset, shard_indices(len(dataset), env)), args, env.device), env)
 
 
 @dataclass

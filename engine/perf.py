@@ -99,8 +99,11 @@ def pin_memory(args, device: torch.device) -> bool:
 def loader_options(args, env: DistEnv, workers: int, persistent: bool = True) -> dict:
     """DataLoader keyword arguments of the engine's loaders: pinned memory (``--pin_memory``, by default
     on CUDA only), and with workers their persistence (``persistent`` and not
-    ``--no_persistent_workers``) and prefetch depth (``--prefetch_factor``)."""
-    options = {"pin_memory": pin_memory(args, env.device)}
+    ``--no_persistent_workers``) and prefetch depth (``--prefetch_factor``); workers leave SIGTERM,
+    SIGUSR1 and SIGINT to the main process (``engine.preemption``)."""
+    from engine.preemption import ignore_stop_signals
+
+    options = {"pin_memory": pin_memory(args, env.device), "worker_init_fn": ignore_stop_signals}
     if workers > 0:
         options["persistent_workers"] = bool(persistent and getattr(args, "persistent_workers", True))
         options["prefetch_factor"] = max(1, int(getattr(args, "prefetch_factor", 2)))

@@ -25,8 +25,8 @@ from engine.distributed import (DistEnv, all_reduce_flag, barrier, broadcast_obj
 from engine.evaluate import to_device
 from engine.step import StepContext
 from engine.optim import build_optimizer
-from engine.preemption import (Preempted, StopRequest, check_output_dir, check_resume_flags, fault_hooks,
-                               resolve_resume)
+from engine.preemption import (PREEMPTED_MARKER, EvaluationStopped, FaultHooks, Preempted, StopRequest,
+                               check_output_dir, check_resume_flags, resolve_resume, write_preempted_marker)
 from engine.perf import compile_model, configure_backends
 from engine.tasks import EvalContext, Task, get_task
 from engine.train_data import EpochSampler  # noqa: F401  (public here too)
@@ -250,7 +250,7 @@ def _run(args, env: DistEnv, training: bool, pretraining: bool) -> dict:
     if training:
         if env.is_main and output_dir is not None:
             check_output_dir(output_dir, model)
-        with StopRequest() as stop:  # SIGTERM / SIGUSR1: finish the step, checkpoint, exit 75
+        with StopRequest() as stop:  # SIGTERM / SIGUSR1 / Ctrl-C: finish the step or batch, checkpoint, exit 75
             return train(model, args, env, rule, test_set, output_dir, metrics_log, stop, task)
     task.check(args, rule, False, [test_set])
     result = task.evaluate(model, test_set, args, env, EvalContext("eval", output_dir=output_dir))
@@ -286,8 +286,10 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
             find_unused_parameters=getattr(model, "ddp_find_unused_parameters", False))
 
     start_epoch, step, step_in_epoch, best = 0, 0, 0, {"score": -math.inf, "epoch": None, "metrics": {}, "table": ""}
-    nonfinite = 0
+    nonfinite, unevaluated_epoch = 0, None
     resume = resolve_resume(args, output_dir)
+    if output_dir is not None and env.is_main:  # it says that the latest run in this folder stopped on a signal
+        (output_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
     if resume:
         state = ckpt.load_training_state(resume)
         check_resume_flags(state["args"], args, resume)
@@ -301,17 +303,45 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
         best = state["extra"].get("best", best)
         nonfinite = state["extra"].get("nonfinite", 0)
         data.load_state_dict(state["extra"].get("data", {}))
+        unevaluated_epoch = state["extra"].get("unevaluated_epoch")
         log.info("resumed from %s: epoch %d, step %d (%d into the epoch)", resume, start_epoch, step, step_in_epoch)
 
-    def save_state(epoch, step_in_epoch):
+    def save_state(epoch, step_in_epoch, unevaluated_epoch=None):
         data_state = data.state_dict(env)  # on every rank: a stream's progress is gathered
         if output_dir is not None and env.is_main:
             ckpt.save_training_state(output_dir / "checkpoint_last.pt", model=model, optimizer=optimizer,
                                      scheduler=scheduler, scaler=scaler, epoch=epoch, step=step,
                                      step_in_epoch=step_in_epoch, args=args,
-                                     extra={"best": best, "nonfinite": nonfinite, "data": data_state})
+                                     extra={"best": best, "nonfinite": nonfinite, "data": data_state,
+                                            "unevaluated_epoch": unevaluated_epoch})
 
-    after_step = fault_hooks(env)  # tests only: die or get SIGTERM at a given step
+    def stop_run(when: str, saved: str):
+        where = output_dir / "checkpoint_last.pt" if output_dir is not None else "nowhere (no --output_dir)"
+        if output_dir is not None and env.is_main:
+            write_preempted_marker(output_dir, step, stop.signal if stop is not None else None)
+        log.warning("stopped %s on a signal; %s written to %s", when, saved, where)
+        raise Preempted(f"stopped {when} on a signal; {saved} written to {where}; continue with --resume auto "
+                        "(exit code 75: requeue)")
+
+    def evaluate_epoch(epoch):
+        """The end-of-epoch evaluation and checkpoint; a signal during the evaluation saves the state
+        before it, which the resumed run evaluates first."""
+        nonlocal best
+        try:
+            best = _end_of_epoch(model, args, env, rule, epoch, task, contexts, val_set, test_set, output_dir,
+                                 metrics_log, best)
+        except EvaluationStopped:
+            save_state(epoch + 1, 0, unevaluated_epoch=epoch)
+            stop_run(f"during the evaluation after epoch {epoch + 1}",
+                     "the checkpoint of the state before it (--resume re-runs that evaluation)")
+        save_state(epoch + 1, 0)
+
+    faults = FaultHooks(env)  # tests only: die or get a signal at a given step or evaluation batch
+    if stop is not None:
+        stop.after_eval_batch = faults.after_eval_batch
+    if unevaluated_epoch is not None:
+        log.info("the evaluation after epoch %d was interrupted: running it first", unevaluated_epoch + 1)
+        evaluate_epoch(unevaluated_epoch)
     for epoch in range(start_epoch, args.epochs):
         micro_batches, last_step = data.epoch(epoch, step_in_epoch)
         model.train()
@@ -319,6 +349,7 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
         progress = _progress(last_step, step_in_epoch, epoch, args, env)
         for step_in_epoch in range(step_in_epoch, last_step):
             losses_for_log, skipped = {}, False
+            faults.before_step(step + 1)
             for a in range(args.gradient_accumulation_steps):
                 batch = next(micro_batches)
                 data.consumed(batch)
@@ -372,23 +403,21 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
                          losses_for_log.get("loss", float("nan")), scheduler.get_last_lr()[-1], pairs / max(elapsed, 1e-9))
             if args.save_every_steps and step % args.save_every_steps == 0:
                 save_state(epoch, step_in_epoch + 1)
-            after_step(step)
+            faults.after_step(step)
             if all_reduce_flag(stop is not None and stop.requested, env):  # every rank stops after the same step
                 save_state(epoch, step_in_epoch + 1)
-                where = output_dir / "checkpoint_last.pt" if output_dir is not None else "nowhere (no --output_dir)"
-                log.warning("stopped after step %d on a signal; checkpoint written to %s", step, where)
-                raise Preempted(f"stopped after step {step} on a signal; checkpoint written to {where}; continue "
-                                "with --resume auto (exit code 75: requeue)")
+                stop_run(f"after step {step}", "checkpoint")
         if progress is not None:
             progress.close()
         # Always at least once per epoch, whatever --n_display says.
         log.info("epoch %d/%d done: mean loss %.4f over %d steps (this run), lr %.3e", epoch + 1, args.epochs,
                  epoch_loss / max(epoch_steps, 1), epoch_steps, scheduler.get_last_lr()[-1])
         step_in_epoch = 0
-        best = _end_of_epoch(model, args, env, rule, epoch, task, contexts, val_set, test_set, output_dir, metrics_log,
-                             best)
-        save_state(epoch + 1, 0)
-    return _final_report(model, args, env, rule, task, contexts["report"], test_set, output_dir, metrics_log, best)
+        evaluate_epoch(epoch)
+    try:
+        return _final_report(model, args, env, rule, task, contexts["report"], test_set, output_dir, metrics_log, best)
+    except EvaluationStopped:  # the checkpoint after the last epoch is the state before this evaluation
+        stop_run("during the final test evaluation", "the checkpoint of the state before it (--resume re-runs it)")
 
 
 def _progress(total: int, done: int, epoch: int, args, env: DistEnv):
