@@ -99,9 +99,9 @@ def shard_loader(dataset, args, env):
     from torch.utils.data import Subset
 
     from engine.distributed import shard_indices
-    from engine.preemption import stop_at_signal
+    from engine.preemption import StopAtSignal
 
-    return stop_at_signal(eval_loader(Subset(dataset, shard_indices(len(dataset), env)), args, env.device), env)
+    return StopAtSignal(eval_loader(Subset(dataset, shard_indices(len(dataset), env)), args, env.device), env)
 
 
 @dataclass

@@ -103,8 +103,9 @@ def loader_options(args, env: DistEnv, workers: int, persistent: bool = True) ->
     SIGUSR1 and SIGINT to the main process (``engine.preemption``)."""
     from engine.preemption import ignore_stop_signals
 
-    options = {"pin_memory": pin_memory(args, env.device), "worker_init_fn": ignore_stop_signals}
+    options = {"pin_memory": pin_memory(args, env.device)}
     if workers > 0:
+        options["worker_init_fn"] = ignore_stop_signals
         options["persistent_workers"] = bool(persistent and getattr(args, "persistent_workers", True))
         options["prefetch_factor"] = max(1, int(getattr(args, "prefetch_factor", 2)))
     return options

@@ -61,7 +61,7 @@ class EvaluationStopped(Exception):
 
 class StopRequest:
     """Set by SIGTERM / SIGUSR1 / a first SIGINT; the training loop polls it after every optimiser step
-    and the evaluation loaders after every batch (:func:`stop_at_signal`)."""
+    and the evaluation loaders after every batch (:class:`StopAtSignal`)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
     active: "StopRequest | None" = None  # the one installed in this process, for the evaluation loaders
@@ -122,19 +122,31 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def stop_at_signal(batches, env):
-    """Iterate ``batches`` (an evaluation loader of this rank's share; every rank has as many) and,
-    while a training run's :class:`StopRequest` is installed, raise :class:`EvaluationStopped` on every
-    rank at once after the first batch at which any rank has been signalled."""
-    from engine.distributed import all_reduce_flag
+class StopAtSignal:
+    """``loader`` (an evaluation loader of this rank's share; every rank has as many batches) whose
+    iteration, while a training run's :class:`StopRequest` is installed, raises
+    :class:`EvaluationStopped` on every rank at once after the first batch at which any rank has been
+    signalled. Its other attributes are the loader's."""
 
-    stop = StopRequest.active
-    for batch in batches:
-        yield batch
-        if stop is not None:
-            stop.after_eval_batch()
-            if all_reduce_flag(stop.requested, env):
-                raise EvaluationStopped(f"evaluation stopped on {signal.Signals(stop.signal).name}")
+    def __init__(self, loader, env):
+        self.loader, self.env = loader, env
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["loader"], name)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        from engine.distributed import all_reduce_flag
+
+        stop = StopRequest.active
+        for batch in self.loader:
+            yield batch
+            if stop is not None:
+                stop.after_eval_batch()
+                if all_reduce_flag(stop.requested, self.env):
+                    raise EvaluationStopped(f"evaluation stopped on {signal.Signals(stop.signal).name}")
 
 
 def write_preempted_marker(output_dir: Path, step: int, signum: int | None) -> None:

@@ -282,12 +282,14 @@ def test_backend_switches_touch_nothing_on_cpu_and_set_tf32_on_cuda():
 
 def test_loader_options_from_flags():
     from engine.perf import loader_options
+    from engine.preemption import ignore_stop_signals
 
     assert loader_options(get_args([]), CPU, 0) == {"pin_memory": False}
     assert loader_options(get_args([]), CUDA, 4) == {"pin_memory": True, "persistent_workers": True,
-                                                     "prefetch_factor": 2}
+                                                     "prefetch_factor": 2, "worker_init_fn": ignore_stop_signals}
     args = get_args(["--pin_memory", "off", "--no_persistent_workers", "--prefetch_factor", "6"])
-    assert loader_options(args, CUDA, 4) == {"pin_memory": False, "persistent_workers": False, "prefetch_factor": 6}
+    assert loader_options(args, CUDA, 4) == {"pin_memory": False, "persistent_workers": False, "prefetch_factor": 6,
+                                             "worker_init_fn": ignore_stop_signals}
     assert loader_options(get_args([]), CPU, 2, persistent=False)["persistent_workers"] is False
 
 
