@@ -271,7 +271,9 @@ def adopt_for_evaluation(args, argv) -> None:
     record = read_model_record(args.init_model)
     if record is None:
         return
-    explicit = explicit_flags(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # (the task's own flags, --qa_test_json ..., are not in the retrieval parser explicit_flags reads)
+    explicit = explicit_flags(argv) | {str(token)[2:].split("=")[0] for token in argv if str(token).startswith("--")}
     for note in adopt_model_record(args, record, explicit):
         print(f"note: {note}", file=sys.stderr)
     if recorded_task(record) == (getattr(args, "task", None) or "retrieval"):

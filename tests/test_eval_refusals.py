@@ -173,3 +173,18 @@ def test_evaluation_takes_the_data_the_checkpoint_records(toy, retrieval_run, tm
                                    "this machine: pass --data_path (and the other data flags) for this machine's copy"]
     assert main_task_retrieval.main([*argv, "--data_path", str(toy), "--features_path", str(toy / "videos")]) == 0
     assert "note: evaluating on the data" not in capsys.readouterr().err
+
+
+def test_a_qa_checkpoint_supplies_its_data_and_the_qa_flags_given_still_win(toy, tmp_path, capsys):
+    from engine.checkpoint import MODEL_FORMAT, adopt_for_evaluation
+
+    recorded = {"datatype": "msrvtt_qa", "data_path": str(toy / "qa"), "features_path": str(toy / "videos"),
+                "qa_test_json": str(toy / "qa" / "test.jsonl"), "qa_head": "classifier"}
+    ckpt = tmp_path / "model_best.pt"
+    torch.save({"format": MODEL_FORMAT, "model": {}, "clip_config": {}, "head": "qa/meanP", "args": recorded}, ckpt)
+    argv = ["--do_eval", "--init_model", str(ckpt), "--qa_test_json", str(toy / "qa" / "val.jsonl")]
+    args = main_task_qa.get_args(argv)
+    adopt_for_evaluation(args, argv)
+    assert (args.datatype, args.data_path, args.features_path) == ("msrvtt_qa", str(toy / "qa"), str(toy / "videos"))
+    assert args.qa_test_json == str(toy / "qa" / "val.jsonl")  # given: not replaced by the recorded one
+    assert "note: evaluating on the data" in capsys.readouterr().err
