@@ -2,7 +2,8 @@
 # Pre-training demo (README, "Pre-training"): a method (HMMC by default, METHOD=simvtp for SimVTP) pre-trains
 # a tiny model from random weights on a second toy dataset (seed 1) written as WebDataset shards, is
 # evaluated zero-shot on the demo test set (seed 0) after every epoch, then fine-tuned on the demo's
-# training set, beside the same fine-tuning from random weights; CPU, about 4 (HMMC) or 5 (SimVTP) minutes.
+# training set, beside the same fine-tuning from random weights; CPU, about 4 (HMMC) or 3.5 (SimVTP) minutes
+# on an idle 2-core machine, several times that when other jobs share its cores (docs/demo.md, Timings).
 #
 #   bash scripts/demo_pretrain.sh
 #   METHOD=simvtp bash scripts/demo_pretrain.sh                  # configs/demo_pretrain_simvtp.yaml
