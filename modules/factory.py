@@ -74,7 +74,11 @@ def load_init_model(model: RetrievalHead, path: str, init_format: str | None = N
     and queues) are dropped, in one log line."""
     plan = load_into_model(model, path, init_format or getattr(model.args, "init_format", None))
     # What the file did not fill: a run that only evaluates refuses them (engine.checkpoint.check_evaluated_weights).
-    model.untrained_modules = sorted({key.split(".")[0] for key in plan.head_missing}) if plan.head_fresh else []
+    untrained = {key.split(".")[0] for key in plan.head_missing} if plan.head_fresh else set()
+    if hasattr(model, "optional_in_checkpoint"):  # whole modules the file lacks (T2VLP's tube, fusion, matching head)
+        untrained |= {prefix.split(".")[0] for prefix in model.optional_in_checkpoint(plan.tensors)
+                      if any(True for _ in getattr(model, prefix.split(".")[0]).parameters())}
+    model.untrained_modules = sorted(untrained)
 
 
 def build_model(args) -> RetrievalHead:

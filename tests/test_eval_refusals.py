@@ -81,6 +81,13 @@ def test_retrieval_evaluation_refuses_a_head_the_file_has_no_weights_for(toy, re
     assert main_pretrain.main(argv) == 2
     (line,) = error_lines(capsys)
     assert f"python main_pretrain.py --do_pretrain --init_model {plain} ..." in line
+    # T2VLP's whole modules a file may lack (tube, fusion encoder, matching head) count too: the re-ranking
+    # scored captions with a random matching head.
+    t2vlp = [*argv[:3], "--method", "t2vlp", "--t2vlp_stage", "retrieval", "--fusion_layers", "2", *argv[5:]]
+    assert main_task_retrieval.main(t2vlp) == 2
+    (line,) = error_lines(capsys)
+    assert line.startswith(f"error: --init_model {plain} has no trained weights for fusion, match, tube of the t2vlp "
+                           "model")
     # The meanP head has nothing the file lacks: evaluated.
     meanp = [a if a != "seqTransf" else "meanP" for a in argv]
     assert main_task_retrieval.main(meanp) == 0
