@@ -419,6 +419,31 @@ def test_row_noise_hash_is_lowbias32_and_its_masks_have_the_rate():
     assert torch.equal(RowStream(12345, torch.arange(5, 9)).uniform((8,)), u[5:9])  # a row's numbers are its own
 
 
+def test_masked_vtc_leaves_chance_when_every_tube_shows_the_class():
+    """docs/simvtp.md: the toy demo's VTC stays at chance under masking, yet the masked path can learn: with
+    90% of the tubes hidden, VTC alone learns pairs whose class colours every frame (so any tube shows it)."""
+    model = simvtp_model("--simvtp_stage", "pretrain", "--simvtp_loss_weights", "0", "0", "1", "0",
+                         "--text_mask_ratio", "0", "--text_dropout", "0")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95))
+    g, words = torch.Generator().manual_seed(1), "red green blue pink gray gold teal navy".split()
+    colours = torch.linspace(-1.5, 1.5, 8)
+    ids, mask = tokenize([f"a {w} video" for w in words], 8)
+    losses = []
+    for s in range(40):
+        order = torch.randperm(8, generator=g)
+        video = 0.3 * torch.randn(8, 4, 3, 32, 32, generator=g)
+        video[:, :, 0] += colours[order][:, None, None, None]
+        video[:, :, 1] -= colours[order][:, None, None, None]
+        out = model({"video": video, "video_mask": torch.ones(8, 4, dtype=torch.long), "text_ids": ids[order],
+                     "text_mask": mask[order]}, StepContext(DistEnv(), step=s))
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        losses.append(out["vtc"].item())
+    chance = 2 * math.log(8)
+    assert losses[0] > 0.9 * chance and sum(losses[-5:]) / 5 < 0.5 * chance, losses
+
+
 # -- main_pretrain.py: exact resume; pre-train -> fine-tune -> evaluate -----------------------------------
 
 
