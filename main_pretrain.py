@@ -15,6 +15,7 @@ import sys
 from typing import Sequence
 
 from engine.options import add_pretrain_args, build_parser, parse_args
+from main_task_retrieval import report_errors
 
 
 def get_args(argv: Sequence[str] | None = None):
@@ -23,8 +24,6 @@ def get_args(argv: Sequence[str] | None = None):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from main_task_retrieval import report_errors
-
     args = get_args(argv)
     if not (args.do_pretrain or args.do_eval):
         print("error: nothing to do: pass --do_pretrain (and/or --do_eval for zero-shot evaluation)", file=sys.stderr)

@@ -15,12 +15,14 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
+import engine.caption  # noqa: F401  (registers the caption task)
 from engine.options import build_parser, parse_args
+from main_task_retrieval import report_errors
+from modules.captioning import add_caption_args
+from modules.heads.aliases import t2vlp_downstream_command
 
 
 def build_caption_parser():
-    from modules.captioning import add_caption_args
-
     parser = add_caption_args(build_parser())
     parser.description = "Video captioning with CLIP"
     return parser
@@ -28,8 +30,6 @@ def build_caption_parser():
 
 def get_args(argv: Sequence[str] | None = None):
     """The parsed flags (``--config FILE.yaml`` first, then the command line on top), task = caption."""
-    from modules.heads.aliases import t2vlp_downstream_command
-
     parser = build_caption_parser()
     args = parse_args(t2vlp_downstream_command(sys.argv[1:] if argv is None else argv, parser.get_default("lr")),
                       parser)
@@ -38,8 +38,6 @@ def get_args(argv: Sequence[str] | None = None):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from main_task_retrieval import report_errors
-
     return report_errors(get_args(argv), argv)
 
 

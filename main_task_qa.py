@@ -15,7 +15,7 @@ import sys
 from typing import Sequence
 
 from engine.options import build_parser, parse_args
-from engine.qa import add_qa_args
+from engine.qa import add_qa_args  # (importing engine.qa registers the QA task)
 from main_task_retrieval import report_errors
 from modules.heads.aliases import T2VLP_QA_FLAGS, apply_flag_aliases, t2vlp_downstream_command
 

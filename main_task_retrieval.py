@@ -13,7 +13,12 @@ import logging
 import sys
 from typing import Sequence
 
+from dataloaders import DataError
+from engine.checkpoint import adopt_for_evaluation
 from engine.options import parse_args
+from engine.preemption import Preempted
+from engine.trainer import run
+from modules.clip import CheckpointError
 
 
 def get_args(argv: Sequence[str] | None = None):
@@ -25,12 +30,6 @@ def report_errors(args, argv: Sequence[str] | None = None) -> int:
     """Run the engine; problems with the user's data, weights or flags are one line, no traceback wall.
     ``--do_eval --init_model`` of a self-contained checkpoint takes the model from it (``argv``: the
     command line, to tell explicit flags from defaults)."""
-    from dataloaders import DataError
-    from engine.checkpoint import adopt_for_evaluation
-    from engine.preemption import Preempted
-    from engine.trainer import run
-    from modules.clip import CheckpointError
-
     try:
         adopt_for_evaluation(args, argv)
         run(args)

@@ -4,8 +4,14 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from dataloaders.base import DataError, RetrievalDataset, VideoRecord, carve_validation, decode_failure_limit
+from dataloaders.base import (DataError, LMDBVideoLocator, RetrievalDataset, VideoLocator, VideoRecord,
+                              carve_validation, check_windows, decode_failure_limit, exclude_missing_videos)
 from dataloaders.datasets import get_parser, list_datasets, register_dataset
+from dataloaders.verify_videos import check_video
+from dataloaders.video import VideoClipLoader
+from dataloaders.video.backends import candidate_backends
+from dataloaders.video.batch import run_parallel
+from dataloaders.video.loader import probe_duration
 
 __all__ = ["DataError", "RetrievalDataset", "VideoRecord", "build_dataset", "build_parser_for", "list_datasets",
            "load_records", "register_dataset", "selection_rule", "SelectionRule"]
@@ -42,8 +48,6 @@ def load_records(args, split: str, parser=None) -> list[VideoRecord]:
 def video_locator(args, parser):
     """Where the existence check looks: the frame LMDB's keys when the lmdb backend reads the videos
     (the files themselves are then not needed), the file system otherwise."""
-    from dataloaders.base import LMDBVideoLocator, VideoLocator
-
     backend, lmdb_path = getattr(args, "video_backend", "auto"), getattr(args, "lmdb_path", None)
     if backend == "lmdb" or (backend == "auto" and lmdb_path):  # auto with --lmdb_path reads the LMDB too
         if not lmdb_path:
@@ -54,8 +58,6 @@ def video_locator(args, parser):
 
 def _present_records(args, split: str, parser):
     """(present records, missing records, locator) of a split: annotation files read, videos located."""
-    from dataloaders.base import exclude_missing_videos
-
     records = load_records(args, split, parser)
     locator = video_locator(args, parser)
     present, missing, _ = exclude_missing_videos(records, locator, f"{parser.name}_{split}",
@@ -69,10 +71,6 @@ def verify_split(args, split: str) -> dict[str, str]:
     Under torchrun one rank runs it and shares the result (engine)."""
     import logging
     import time
-
-    from dataloaders.verify_videos import check_video
-    from dataloaders.video.backends import candidate_backends
-    from dataloaders.video.batch import run_parallel
 
     parser = build_parser_for(args)
     present, _, _ = _present_records(args, split, parser)
@@ -124,9 +122,6 @@ def build_dataset(args, split: str, video_loader=None, tokenizer=None, unreadabl
     too, listed in ``<output_dir>/unreadable_videos_<datatype>_<split>.txt``, and count as missing (a
     test set is then marked incomplete). ``video_loader`` defaults to the video layer's loader.
     """
-    from dataloaders.base import check_windows
-    from dataloaders.video.loader import probe_duration
-
     parser = build_parser_for(args)
     present, missing, locator = _present_records(args, split, parser)
     if unreadable is None and getattr(args, "verify_videos", False):
@@ -141,8 +136,6 @@ def build_dataset(args, split: str, video_loader=None, tokenizer=None, unreadabl
     check_windows(present, f"{parser.name} {split}",
                   functools.partial(probe_duration, backend=backend, lmdb_path=lmdb_path))
     if video_loader is None:
-        from dataloaders.video import VideoClipLoader
-
         video_loader = VideoClipLoader.from_args(args, train=split == "train", device_side=True)  # engine.to_device
     dataset_class = getattr(parser, "dataset_class", RetrievalDataset)  # QA parsers: the items carry answers
     return dataset_class(

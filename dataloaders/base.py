@@ -20,6 +20,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dataloaders.video import VideoDecodeError
+from dataloaders.video.backends import open_lmdb
+from dataloaders.video.lmdb_format import meta_key
+from modules.clip import tokenize
+
 logger = logging.getLogger(__name__)
 
 SHOWN_MISSING = 20  # how many missing videos are listed on screen; the file lists all
@@ -112,8 +117,6 @@ class LMDBVideoLocator:
     hint = "check --lmdb_path, or extract them with preprocess/frames_to_lmdb.py"
 
     def __init__(self, lmdb_path: str | os.PathLike):
-        from dataloaders.video.backends import open_lmdb
-
         self.source = f"frames in the LMDB {lmdb_path}"
         try:
             self._env = open_lmdb(lmdb_path)
@@ -121,8 +124,6 @@ class LMDBVideoLocator:
             raise DataError(str(error)) from None
 
     def locate(self, expected: str) -> str | None:
-        from dataloaders.video.lmdb_format import meta_key
-
         with self._env.begin() as txn:  # the reader looks a video up by its file stem
             return expected if txn.get(meta_key(Path(expected).stem)) is not None else None
 
@@ -212,14 +213,10 @@ def carve_validation(records: list[VideoRecord], count: int) -> tuple[list[Video
 
 
 def _video_decode_error():
-    from dataloaders.video import VideoDecodeError
-
     return VideoDecodeError
 
 
 def _default_tokenizer():
-    from modules.clip import tokenize
-
     return tokenize
 
 

@@ -69,6 +69,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from dataloaders.base import DataError
 from dataloaders.video.backends import VideoBytes
 from dataloaders.video.errors import VideoDecodeError
+from modules.clip import tokenize
 
 logger = logging.getLogger(__name__)
 
@@ -245,8 +246,6 @@ class ShardDataset(IterableDataset):
     # items -----------------------------------------------------------------------------------------
     def tokenize(self, caption: str) -> tuple[torch.Tensor, torch.Tensor]:
         if self._tokenize is None:
-            from modules.clip import tokenize
-
             self._tokenize = tokenize
         ids, mask = self._tokenize([caption], max_words=self.max_words)
         return ids[0], mask[0]

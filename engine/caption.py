@@ -12,8 +12,15 @@ from pathlib import Path
 
 import torch
 
+from dataloaders import build_parser_for
 from engine.distributed import DistEnv
+from engine.evaluate import EvalResult, incomplete_note, shard_loader, to_device
+from engine.step import autocast_context
 from engine.tasks import EvalContext, Task, register_task
+from modules.caption_metrics import NO_JAVA, check_installed, java_available, score_captions
+from modules.captioning import CaptionModel
+from modules.clip.tokenizer import get_tokenizer
+from modules.task_model import build_task_model
 
 log = logging.getLogger("univtr")
 
@@ -26,22 +33,15 @@ class CaptionTask(Task):
     score_key = "CIDEr"
 
     def build_model(self, args):
-        from modules.captioning import CaptionModel
-        from modules.task_model import build_task_model
-
         return build_task_model(args, CaptionModel)
 
     def build_split(self, args, split: str, env: DistEnv, tokenizer=None):
-        from dataloaders import build_parser_for
-
         dataset = super().build_split(args, split, env, tokenizer)
         if split != "train":
             dataset.references = build_parser_for(args).reference_captions(split, dataset.records)
         return dataset
 
     def check(self, args, rule, training: bool, eval_sets) -> None:
-        from modules.caption_metrics import NO_JAVA, check_installed, java_available
-
         check_installed()
         if args.beam_size < 1 or max_gen_len(args) < 1:
             raise ValueError(f"--beam_size ({args.beam_size}) and --max_gen_len ({max_gen_len(args)}) must be >= 1")
@@ -67,9 +67,6 @@ def decode_sharded(model, dataset, args, env: DistEnv, precision: str) -> dict[i
     (on rank 0 all of them; on the others their own)."""
     import torch.distributed as dist
 
-    from engine.evaluate import shard_loader, to_device
-    from engine.step import autocast_context
-
     loader = shard_loader(dataset.video_dataset(), args, env)
     decoded: dict[int, list[int]] = {}
     for batch in loader:
@@ -88,10 +85,6 @@ def decode_sharded(model, dataset, args, env: DistEnv, precision: str) -> dict[i
 
 def score_split(dataset, decoded: dict[int, list[int]], args, output_dir):
     """The split's metrics and table (an ``EvalResult``); the captions written to ``output_dir``."""
-    from engine.evaluate import EvalResult, incomplete_note
-    from modules.caption_metrics import score_captions
-    from modules.clip.tokenizer import get_tokenizer
-
     tokenizer = get_tokenizer()
     captions = {i: tokenizer.decode(decoded[i]) for i in range(dataset.num_videos)}
     scores = score_captions({str(i): c for i, c in captions.items()},

@@ -15,7 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.options import EVAL_OVERRIDES, build_parser, evaluation_args, load_config
+from modules import build_model
+from modules.clip import get_config
 from modules.clip.loading import CheckpointError  # one error type for every unreadable checkpoint
+from modules.converters.ours import MODEL_FORMAT, read_model_record  # noqa: F401  (our model file: read in modules)
+from modules.factory import add_model_args
+from modules.heads.aliases import apply_flag_aliases
 
 FORMAT = "univtr-train-v1"
 
@@ -122,7 +128,6 @@ def load_training_state(path) -> dict:
 # rebuild the model from the checkpoint alone. CLIP4Clip's pytorch_model.bin.N (and older UniVTR files)
 # carry no record: their model is still described by explicit flags.
 
-MODEL_FORMAT = "univtr-model-v1"
 # Model flags that say where the initial weights came from or how training treats them, not what the
 # model is: neither restored from a checkpoint nor compared with it.
 NOT_ARCHITECTURE = frozenset({"pretrained_dir", "init_model", "grad_checkpointing", "freeze_layer_num", "clip_init",
@@ -139,26 +144,9 @@ def save_model(path, model, args, **extra) -> Path:
                        path)
 
 
-def read_model_record(path) -> dict | None:
-    """The record of a self-contained model checkpoint (everything but the weights), or None for any
-    other file (CLIP4Clip's pytorch_model.bin.N, a CLIP file, an older UniVTR checkpoint)."""
-    path = Path(path)
-    if path.is_dir() or path.suffix == ".safetensors" or not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not ours (TorchScript, unreadable): the CLIP loader reports it in its own words
-        return None
-    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
-        return None
-    return {k: v for k, v in state.items() if k != "model"}
-
-
 def model_flag_names() -> list[str]:
     """Every flag of the model argument groups (backbone, head, method options) that shapes the model."""
     import argparse
-
-    from modules.factory import add_model_args
 
     parser = argparse.ArgumentParser(add_help=False)
     add_model_args(parser)
@@ -168,9 +156,6 @@ def model_flag_names() -> list[str]:
 def explicit_flags(argv, parser=None) -> set[str]:
     """Destinations of the flags given on the command line (or in its --config file), defaults excluded."""
     import argparse
-
-    from engine.options import build_parser, load_config
-    from modules.heads.aliases import apply_flag_aliases
 
     parser = parser or build_parser()
     for action in parser._actions:
@@ -188,7 +173,6 @@ def _same(flag: str, given, recorded, record: dict) -> bool:
     if given == recorded:
         return True
     if flag == "pretrained_clip_name":  # an architecture name agrees with the recorded architecture
-        from modules.clip import get_config
 
         try:
             return get_config(str(given)).to_dict() == record["clip_config"]
@@ -230,8 +214,6 @@ def model_args_from_record(record: dict, path, **overrides):
     """The full flag namespace of a recorded run (defaults for flags added since), ready for build_model."""
     import argparse
 
-    from engine.options import build_parser
-
     args = build_parser().parse_args([])
     known = vars(args)
     for key, value in record.get("args", {}).items():
@@ -247,8 +229,6 @@ def model_args_from_record(record: dict, path, **overrides):
 
 def load_model(path, device="cpu", **overrides):
     """(model in eval mode, its flags) rebuilt from a self-contained checkpoint alone."""
-    from modules import build_model
-
     record = read_model_record(path)
     if record is None:
         raise CheckpointError(f"{path}: not a self-contained UniVTR model checkpoint (model_final.pt / model_best.pt "
@@ -299,8 +279,6 @@ def adopt_recorded_data(args, record: dict, explicit: set[str]) -> None:
     a ValueError naming it and the flag to pass."""
     import argparse
     import sys
-
-    from engine.options import EVAL_OVERRIDES, evaluation_args
 
     if explicit & {"data_path", *EVAL_OVERRIDES}:
         return

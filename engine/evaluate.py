@@ -23,47 +23,23 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from dataloaders import build_dataset
+from dataloaders.video.handover import finish_on_device
+from engine.distributed import gather_rows, shard_indices
+from engine.features import Features, concat_features, feature_count, put_in_order, select_features, similarity_tiles
+from engine.perf import pin_memory
+from engine.preemption import StopAtSignal, ignore_stop_signals
 from engine.rerank import rerank_candidates, wants_rerank
+from engine.step import as_float, autocast_context
 from modules import metrics as M
 
-Features = Any  # Tensor or tuple of Tensors, batch in dim 0
 log = logging.getLogger("univtr")
-
-
-def concat_features(parts: Sequence[Features]) -> Features:
-    if isinstance(parts[0], (tuple, list)):
-        return tuple(torch.cat([p[i] for p in parts], 0) for i in range(len(parts[0])))
-    return torch.cat(list(parts), 0)
-
-
-def select_features(features: Features, index: torch.Tensor) -> Features:
-    if isinstance(features, (tuple, list)):
-        return tuple(f.index_select(0, index.to(f.device)) for f in features)
-    return features.index_select(0, index.to(features.device))
-
-
-def feature_count(features: Features) -> int:
-    return (features[0] if isinstance(features, (tuple, list)) else features).shape[0]
-
-
-def put_in_order(features: Features, indices: torch.Tensor, total: int) -> Features:
-    """Rows sorted by dataset index, one per index (a sharded sampler may pad with repeats)."""
-    order = torch.argsort(indices, stable=True)
-    sorted_idx = indices[order]
-    first = torch.ones_like(sorted_idx, dtype=torch.bool)
-    first[1:] = sorted_idx[1:] != sorted_idx[:-1]
-    keep = order[first]
-    if int(first.sum()) != total or not torch.equal(indices[keep].cpu(), torch.arange(total)):
-        raise RuntimeError(f"encoded {int(first.sum())} distinct items, expected {total}")
-    return select_features(features, keep)
 
 
 def to_device(batch: dict, device) -> dict:
     """``batch`` on ``device``, for training and evaluation alike: tensors are copied without blocking
     (asynchronously from pinned memory), then frames the workers handed over as uint8 or as JPEG files
-    are converted, normalised and zero-padded there (``dataloaders.video.transforms.finish_on_device``)."""
-    from dataloaders.video.transforms import finish_on_device
-
+    are converted, normalised and zero-padded there (``dataloaders.video.handover.finish_on_device``)."""
     moved = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
     return finish_on_device(moved, device)
 
@@ -85,9 +61,6 @@ def encode(model, loader: DataLoader, side: str, device) -> tuple[Features, torc
 
 def eval_loader(dataset, args, device, sampler: Sampler | None = None) -> DataLoader:
     """An evaluation DataLoader: ``--batch_size_val`` items in order, ``--pin_memory`` for ``device``."""
-    from engine.perf import pin_memory
-    from engine.preemption import ignore_stop_signals
-
     return DataLoader(dataset, batch_size=args.batch_size_val, shuffle=False, sampler=sampler,
                       num_workers=args.num_thread_reader, pin_memory=pin_memory(args, torch.device(device)),
                       worker_init_fn=ignore_stop_signals)
@@ -98,8 +71,6 @@ def shard_loader(dataset, args, env):
     batches; during training, a signal stops it on every rank at once (``engine.preemption``)."""
     from torch.utils.data import Subset
 
-    from engine.distributed import shard_indices
-    from engine.preemption import StopAtSignal
 
     return StopAtSignal(eval_loader(Subset(dataset, shard_indices(len(dataset), env)), args, env.device), env)
 
@@ -137,14 +108,6 @@ def _model_device(model) -> torch.device:
         return next(model.parameters()).device
     except (StopIteration, AttributeError):
         return torch.device("cpu")
-
-
-def similarity_tiles(model, text: Features, video: Features) -> M.TileFn:
-    @torch.no_grad()
-    def tile(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        return model.similarity(select_features(text, rows), select_features(video, cols))
-
-    return tile
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -318,8 +281,6 @@ def evaluate_encoded(model, encoded: EncodedSplit, args, *, bank: Features | Non
     subsets = {}
     if getattr(args, "eval_query_subset", None):
         if dataset is None:
-            from dataloaders import build_dataset
-
             dataset = build_dataset(args, split)
         if dataset.num_captions != encoded.num_captions or dataset.num_videos != encoded.num_videos:
             raise ValueError(f"--eval_query_subset: the {split} split has {dataset.num_captions} captions x "
@@ -426,8 +387,6 @@ def prepare_qb_norm(model, train_dataset, val_dataset, args, device=None) -> tup
 @torch.no_grad()
 def encode_sharded(head, dataset, side: str, args, env) -> Features:
     """Every item of a caption or video view, each rank encoding its share; gathered in order."""
-    from engine.distributed import gather_rows
-
     total = len(dataset)
     features, indices = encode(head, shard_loader(dataset, args, env), side, env.device)
     if env.distributed:
@@ -444,8 +403,6 @@ def evaluate_split(head, dataset, args, env, precision: str = "fp32", qb_norm=No
     the others None. QB-Norm (with --qb_norm): ``qb_norm`` = (bank features, (beta, k)) prepared
     before, or ``qb_norm_bank_set`` = the training split, whose captions become the bank while
     (beta, k) are chosen on ``dataset`` itself (a validation split); ``result.qb_norm`` keeps them."""
-    from engine.step import as_float, autocast_context
-
     was_training = head.training
     head.eval()
     try:

@@ -15,6 +15,13 @@ from typing import Sequence
 
 import yaml
 
+from dataloaders.datasets import list_datasets
+from dataloaders.video import add_video_args
+from engine.optim import add_optim_args
+from engine.perf import add_perf_args
+from modules.factory import add_model_args
+from modules.heads.aliases import apply_flag_aliases
+
 
 def _non_negative(value: str) -> float:
     number = float(value)
@@ -24,8 +31,6 @@ def _non_negative(value: str) -> float:
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from dataloaders.datasets import list_datasets
-
     group = parser.add_argument_group("data")
     group.add_argument("--datatype", default="msrvtt", choices=list_datasets(), help="benchmark / annotation format")
     group.add_argument("--data_path", default=None,
@@ -55,13 +60,6 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="training stops once more videos than this fail to decode (default: use the fraction)")
     group.add_argument("--max_decode_failure_fraction", type=_non_negative, default=0.01,
                        help="as --max_decode_failures, as a fraction of the training videos")
-    return parser
-
-
-def add_video_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from dataloaders.video import add_video_args as add
-
-    add(parser)
     return parser
 
 
@@ -131,28 +129,29 @@ def add_run_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from modules.factory import add_model_args as add
-
-    return add(parser)
-
-
-def add_optim_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from engine.optim import add_optim_args as add
-
-    return add(parser)
-
-
 def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from engine.trainer import add_train_args as add
-
-    return add(parser)
-
-
-def add_perf_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from engine.perf import add_perf_args as add
-
-    return add(parser)
+    """The training loop's own flags (engine.trainer)."""
+    g = parser.add_argument_group("training")
+    g.add_argument("--do_train", action="store_true", help="train, then evaluate as the selection rule says")
+    g.add_argument("--do_eval", action="store_true", help="evaluate (the --init_model weights) on the test split")
+    g.add_argument("--epochs", type=int, default=5)
+    g.add_argument("--batch_size", type=int, default=128, help="GLOBAL batch: pairs per optimiser step, all ranks")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                   help="split each global batch into this many micro-steps (negatives per loss = batch / steps)")
+    g.add_argument("--n_display", type=int, default=100, help="log every N optimiser steps")
+    g.add_argument("--precision", choices=("fp32", "amp_bf16", "amp_fp16", "fp16_weights"), default="fp32",
+                   help="fp16_weights = CLIP4Clip's fp16 CLIP weights, for parity")
+    g.add_argument("--compile", action="store_true", help="torch.compile the two CLIP towers")
+    g.add_argument("--resume", default=None,
+                   help="a checkpoint_last.pt to continue from exactly, or 'auto': <output_dir>/checkpoint_last.pt "
+                        "when it exists, else start fresh (requeued jobs, torchrun --max_restarts)")
+    g.add_argument("--resume_allow_changes", action="store_true",
+                   help="resume even when result-changing flags differ from the checkpoint's (logged)")
+    g.add_argument("--save_every_steps", type=int, default=0, help="also checkpoint every N steps (0: per epoch)")
+    g.add_argument("--max_nonfinite_steps", type=int, default=10,
+                   help="stop with an error after this many steps with a non-finite loss (each is skipped)")
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu")
+    return parser
 
 
 def add_pretrain_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -317,7 +316,6 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
     pre = ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
-    from modules.heads.aliases import apply_flag_aliases  # the UMP README's (X-Pool) flags -> ours
 
     argv = apply_flag_aliases(sys.argv[1:] if argv is None else argv)
     namespace = None

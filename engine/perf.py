@@ -13,6 +13,7 @@ import logging
 import torch
 
 from engine.distributed import DistEnv
+from engine.preemption import ignore_stop_signals
 
 log = logging.getLogger("univtr")
 
@@ -101,8 +102,6 @@ def loader_options(args, env: DistEnv, workers: int, persistent: bool = True) ->
     on CUDA only), and with workers their persistence (``persistent`` and not
     ``--no_persistent_workers``) and prefetch depth (``--prefetch_factor``); workers leave SIGTERM,
     SIGUSR1 and SIGINT to the main process (``engine.preemption``)."""
-    from engine.preemption import ignore_stop_signals
-
     options = {"pin_memory": pin_memory(args, env.device)}
     if workers > 0:
         options["worker_init_fn"] = ignore_stop_signals

@@ -16,15 +16,20 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
+from dataloaders import build_parser_for
 from engine.distributed import DistEnv
+from engine.evaluate import EvalResult, incomplete_note, shard_loader, to_device
+from engine.step import autocast_context
 from engine.tasks import EvalContext, Task, register_task
+from modules.clip import CheckpointError
+from modules.clip.tokenizer import get_tokenizer
+from modules.qa import QA_HEADS, QAModel
+from modules.task_model import build_task_model
 
 log = logging.getLogger("univtr")
 
 
 def add_qa_args(parser):
-    from modules.qa import QA_HEADS
-
     g = parser.add_argument_group("question answering (main_task_qa.py)")
     g.add_argument("--qa_train_json", default=None, help="training questions (default: train.jsonl in --data_path)")
     g.add_argument("--qa_val_json", default=None, help="validation questions, select the kept epoch (default val.jsonl)")
@@ -56,9 +61,6 @@ def accuracy_by_type(types: Sequence[str], correct: Sequence[bool]) -> dict[str,
 def predict_split(model, dataset, args, env: DistEnv) -> dict[int, int] | None:
     """{question index: predicted id (answer class or token)} on rank 0, None elsewhere. Each rank
     decodes its share of the videos once and answers all their questions."""
-    from engine.evaluate import shard_loader, to_device
-    from engine.step import autocast_context
-
     questions_of: list[list[int]] = [[] for _ in range(dataset.num_videos)]
     for question, video in enumerate(dataset.caption_to_video.tolist()):
         questions_of[video].append(question)
@@ -93,8 +95,6 @@ def predict_split(model, dataset, args, env: DistEnv) -> dict[int, int] | None:
 
 def prediction_rows(model, dataset, predictions: dict[int, int]) -> list[dict]:
     """One row per question: id, video, question, answer, type, prediction (text) and correct."""
-    from modules.clip.tokenizer import get_tokenizer
-
     if len(predictions) != dataset.num_questions:
         raise RuntimeError(f"{len(predictions)} predictions for the {dataset.num_questions} questions")
     decode = get_tokenizer().decode
@@ -127,11 +127,6 @@ class QATask(Task):
     score_key = "accuracy"
 
     def build_model(self, args):
-        from dataloaders import build_parser_for
-        from modules.clip import CheckpointError
-        from modules.qa import QAModel
-        from modules.task_model import build_task_model
-
         parser = build_parser_for(args)
         answers, digest = parser.answer_vocabulary(), parser.vocabulary_digest()
         model = build_task_model(args, QAModel, answers=len(answers), digest=digest)
@@ -142,8 +137,6 @@ class QATask(Task):
         return model
 
     def evaluate(self, model, dataset, args, env: DistEnv, context: EvalContext):
-        from engine.evaluate import EvalResult, incomplete_note
-
         predictions = predict_split(model, dataset, args, env)
         if predictions is None:
             return None

@@ -26,6 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from engine.distributed import DistEnv, gather_rows, shard_indices
+from engine.features import put_in_order, similarity_tiles
+from engine.step import autocast_context
 from modules import metrics as M
 
 log = logging.getLogger("univtr")
@@ -104,9 +107,6 @@ def topk_per_row(tile_fn: M.TileFn, num_rows: int, num_cols: int, k: int,
 def rerank_candidates(model, encoded, args, env=None, precision: str = "fp32") -> Reranked:
     """Top-K candidates per query in both directions, re-scored by ``model``'s cross-encoder; every
     rank calls it (the passes are sharded), every rank gets the result."""
-    from engine.distributed import DistEnv
-    from engine.evaluate import similarity_tiles
-
     env = env or DistEnv()
     num_captions, num_videos = encoded.num_captions, encoded.num_videos
     tiles = similarity_tiles(model, encoded.text, encoded.video)
@@ -137,10 +137,6 @@ def _match_sharded(model, encoded, text_index: Tensor, video_index: Tensor, args
     scored together; this rank evaluates its contiguous share of the rows in batches of whole rows, the
     shares are gathered in order."""
     from tqdm import tqdm
-
-    from engine.distributed import gather_rows, shard_indices
-    from engine.evaluate import put_in_order
-    from engine.step import autocast_context
 
     total, group = text_index.shape
     share = torch.tensor(shard_indices(total, env))

@@ -2,7 +2,8 @@
 that selects the kept epoch. The loop (engine/trainer.py) is the same for all of them.
 
 ``main_task_retrieval.py`` and ``main_pretrain.py`` run :class:`RetrievalTask`; ``main_task_caption.py``
-and ``main_task_qa.py`` set ``args.task`` to ``"caption"`` / ``"qa"``, whose tasks register here.
+and ``main_task_qa.py`` import ``engine.caption`` / ``engine.qa`` (each registers its task with
+:func:`register_task`) and set ``args.task`` to ``"caption"`` / ``"qa"``.
 A task's ``evaluate`` returns, on rank 0, an object with ``metrics`` (a flat dict of floats) and
 ``table`` (text for the log); None on the other ranks.
 """
@@ -11,7 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from dataloaders import build_parser_for, selection_rule
 from engine.distributed import DistEnv
+from engine.evaluate import check_query_subsets, evaluate_split, qb_norm_inputs
+from engine.train_data import build_split, build_train_data
+from modules import build_model
 
 _TASKS: dict[str, Callable[[], "Task"]] = {}
 
@@ -26,18 +31,14 @@ def register_task(name: str):
 
 
 def get_task(args) -> "Task":
+    """The task ``args.task`` names (default retrieval). Caption and QA register when their modules are
+    imported (``engine.caption``, ``engine.qa``: their entry scripts do), so retrieval's start-up never
+    loads them and this registry never imports a task back."""
     name = getattr(args, "task", None) or "retrieval"
     if name not in _TASKS:
-        _import_task_modules()
-    if name not in _TASKS:
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(sorted(_TASKS))}")
+        raise ValueError(f"unknown task {name!r}; registered: {', '.join(sorted(_TASKS))} (a task registers when "
+                         "its module is imported: engine.caption, engine.qa)")
     return _TASKS[name]()
-
-
-def _import_task_modules() -> None:
-    """Caption and QA tasks register on import (kept out of retrieval's start-up)."""
-    import engine.caption  # noqa: F401
-    import engine.qa  # noqa: F401
 
 
 @dataclass
@@ -57,28 +58,18 @@ class Task:
     score_key = ""  # the metric (higher is better) that picks the kept epoch
 
     def build_model(self, args):
-        from modules import build_model
-
         return build_model(args)
 
     def selection_rule(self, args):
-        from dataloaders import selection_rule
-
         return selection_rule(args)
 
     def has_split(self, args, split: str) -> bool:
-        from dataloaders import build_parser_for
-
         return build_parser_for(args).has_split(split)
 
     def build_train_data(self, args, env: DistEnv, tokenizer=None):
-        from engine.train_data import build_train_data
-
         return build_train_data(args, env, tokenizer)
 
     def build_split(self, args, split: str, env: DistEnv, tokenizer=None):
-        from engine.train_data import build_split
-
         return build_split(args, split, env, tokenizer)
 
     def check(self, args, rule, training: bool, eval_sets) -> None:
@@ -93,8 +84,6 @@ class RetrievalTask(Task):
     score_key = "t2v/R1"
 
     def check(self, args, rule, training: bool, eval_sets) -> None:
-        from engine.evaluate import check_query_subsets
-
         if args.qb_norm and getattr(args, "do_pretrain", False):
             raise ValueError("--qb_norm needs the evaluation benchmark's training captions and validation split: "
                              "use it when fine-tuning or evaluating with main_task_retrieval.py")
@@ -104,8 +93,6 @@ class RetrievalTask(Task):
         check_query_subsets([s for s in eval_sets if s is not None], args)
 
     def evaluate(self, model, dataset, args, env: DistEnv, context: EvalContext):
-        from engine.evaluate import evaluate_split, qb_norm_inputs
-
         if context.role == "epoch":
             return evaluate_split(model, dataset, args, env)
         if context.role == "select" and dataset.split == "val":  # QB-Norm's beta and k chosen on this very split

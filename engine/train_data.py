@@ -16,7 +16,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from engine.distributed import DistEnv, all_reduce_flag
+from dataloaders import build_dataset, verify_split
+from dataloaders.base import DecodeFailureBudget
+from dataloaders.shards import ShardDataset, ShardProgress
+from dataloaders.video import VideoClipLoader
+from engine.distributed import DistEnv, all_reduce_flag, broadcast_object
 from engine.perf import loader_options
 
 log = logging.getLogger("univtr")
@@ -98,8 +102,6 @@ class MapTrainData:
     """A map-style dataset in the order of :class:`EpochSampler`: a resumed run replays exactly."""
 
     def __init__(self, dataset, args, env: DistEnv):
-        from dataloaders.base import DecodeFailureBudget
-
         if len(dataset) < args.batch_size:
             raise ValueError(f"--batch_size {args.batch_size} exceeds the {len(dataset)} training items")
         self.dataset = dataset
@@ -189,8 +191,6 @@ class ShardTrainData:
 
     def state_dict(self, env: DistEnv) -> dict:
         """Every rank's progress merged (a collective: call it on every rank)."""
-        from dataloaders.shards import ShardProgress
-
         states = [self.progress.state_dict()]
         if env.distributed:
             states = [None] * env.world_size
@@ -205,9 +205,6 @@ class ShardTrainData:
 def build_split(args, split: str, env: DistEnv, tokenizer=None):
     """``build_dataset`` with ``--verify_videos`` run by rank 0 alone (on all its cores) and its result
     shared with the other ranks, instead of every rank probing every video."""
-    from dataloaders import build_dataset, verify_split
-    from engine.distributed import broadcast_object
-
     unreadable = None
     if getattr(args, "verify_videos", False):
         unreadable = broadcast_object(verify_split(args, split) if env.is_main else None, env)
@@ -221,9 +218,6 @@ def build_train_data(args, env: DistEnv, tokenizer=None):
     if args.batch_size % per_step:
         raise ValueError(f"--batch_size {args.batch_size} must divide by world size x accumulation = {per_step}")
     if args.datatype == "webdataset":
-        from dataloaders.shards import ShardDataset
-        from dataloaders.video import VideoClipLoader
-
         if not getattr(args, "train_shards", None):
             raise ValueError("--datatype webdataset needs --train_shards \"DIR/{000000..000099}.tar\" "
                              "(written by preprocess/make_shards.py)")

@@ -19,47 +19,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dataloaders import SelectionRule, load_records
 from engine import checkpoint as ckpt
-from engine.distributed import (DistEnv, all_reduce_flag, barrier, broadcast_object, close_distributed,
-                                init_distributed)
+from engine.distributed import DistEnv, all_reduce_flag, barrier, broadcast_object, close_distributed, init_distributed
 from engine.evaluate import to_device
-from engine.step import StepContext
 from engine.optim import build_optimizer
-from engine.preemption import (PREEMPTED_MARKER, EvaluationStopped, FaultHooks, Preempted, StopRequest,
-                               check_output_dir, check_resume_flags, resolve_resume, write_preempted_marker)
+from engine.options import evaluation_args
 from engine.perf import compile_model, configure_backends
+from engine.preemption import (PREEMPTED_MARKER, EvaluationStopped, FaultHooks, Preempted, StopRequest,
+                               write_preempted_marker)
+from engine.resume import check_output_dir, check_resume_flags, resolve_resume
+from engine.step import StepContext
 from engine.tasks import EvalContext, Task, get_task
 from engine.train_data import EpochSampler  # noqa: F401  (public here too)
+from modules.clip.transformer import Attention
+from modules.factory import count_parameters
 
 log = logging.getLogger("univtr")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Flags
-
-
-def add_train_args(parser):
-    g = parser.add_argument_group("training")
-    g.add_argument("--do_train", action="store_true", help="train, then evaluate as the selection rule says")
-    g.add_argument("--do_eval", action="store_true", help="evaluate (the --init_model weights) on the test split")
-    g.add_argument("--epochs", type=int, default=5)
-    g.add_argument("--batch_size", type=int, default=128, help="GLOBAL batch: pairs per optimiser step, all ranks")
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1,
-                   help="split each global batch into this many micro-steps (negatives per loss = batch / steps)")
-    g.add_argument("--n_display", type=int, default=100, help="log every N optimiser steps")
-    g.add_argument("--precision", choices=("fp32", "amp_bf16", "amp_fp16", "fp16_weights"), default="fp32",
-                   help="fp16_weights = CLIP4Clip's fp16 CLIP weights, for parity")
-    g.add_argument("--compile", action="store_true", help="torch.compile the two CLIP towers")
-    g.add_argument("--resume", default=None,
-                   help="a checkpoint_last.pt to continue from exactly, or 'auto': <output_dir>/checkpoint_last.pt "
-                        "when it exists, else start fresh (requeued jobs, torchrun --max_restarts)")
-    g.add_argument("--resume_allow_changes", action="store_true",
-                   help="resume even when result-changing flags differ from the checkpoint's (logged)")
-    g.add_argument("--save_every_steps", type=int, default=0, help="also checkpoint every N steps (0: per epoch)")
-    g.add_argument("--max_nonfinite_steps", type=int, default=10,
-                   help="stop with an error after this many steps with a non-finite loss (each is skipped)")
-    g.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu")
-    return parser
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -69,8 +45,6 @@ def add_train_args(parser):
 def convert_clip_to_fp16(model) -> None:
     """CLIP4Clip's fp16 weights: linear, conv and attention weights and the two projections of CLIP in
     half precision (norms and embeddings stay fp32), trained as such."""
-    from modules.clip.transformer import Attention
-
     for module in model.clip.modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv3d)):
             module.half()
@@ -204,10 +178,6 @@ def run(args) -> dict:
 
 
 def _run(args, env: DistEnv, training: bool, pretraining: bool) -> dict:
-    from dataloaders import SelectionRule, load_records
-    from engine.options import evaluation_args
-    from modules.factory import count_parameters
-
     task = get_task(args)
     if training and not args.output_dir:  # a multi-hour run must not save nothing
         args.output_dir = str(default_output_dir(args, env))

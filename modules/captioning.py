@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from modules.clip.tokenizer import get_tokenizer
 from modules.components.decoder import TextTowerTokens, beam_search, greedy_search, make_stepper, with_text_state
 from modules.components.fusion import FusionEncoder, VocabHead, prefix_lm_mask, rank_share
-from modules.heads.prompting import arg
+from modules.flags import arg
 from modules.task_model import TaskModel
+
 
 def add_caption_args(parser):
     g = parser.add_argument_group("captioning (main_task_caption.py)")
@@ -58,7 +60,6 @@ class CaptionModel(TaskModel):
         if head.tokenizer() is not None or text is None or not hasattr(text, "token_embedding"):
             raise ValueError(f"captioning decodes CLIP's BPE vocabulary through CLIP's text tower; --method "
                              f"{head.head_name} has another text tower")
-        from modules.clip.tokenizer import get_tokenizer
 
         special = get_tokenizer()
         self.sot, self.eot = special.sot_id, special.eot_id

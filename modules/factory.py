@@ -8,7 +8,7 @@ import torch
 
 from modules.clip import build_clip, list_architectures, load_clip
 from modules.converters import apply_implied_flags, list_formats, load_into_model, remember_defaults
-from modules.heads import RetrievalHead, add_prompt_args, get_head, list_heads
+from modules.heads import RetrievalHead, add_head_args, get_head, list_heads
 from modules.videomae import add_videomae_args, trunk_from_args
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--backbone", choices=("clip", "videomae_joint"), default=None,
                    help="backbone family (default: the method's: CLIP for every method but simvtp)")
     add_videomae_args(parser)  # --videomae_arch, --videomae_checkpoint, --bert_path, ...
-    add_prompt_args(parser)  # DGL / UMP flags
+    add_head_args(parser)  # each method head's own flags (DGL, UMP, HMMC, T2VLP, SimVTP)
     remember_defaults(parser)  # "given" = differs from these (checkpoint-implied flags, modules/converters/flags.py)
     return parser
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from modules.components.fusion import FusionEncoder, VocabHead, key_mask, rank_share
 from modules.heads.base import RetrievalHead
-from modules.heads.prompting import arg
+from modules.flags import arg
 from modules.task_model import TaskModel
 
 QA_HEADS = ("classifier", "first_token")

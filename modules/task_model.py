@@ -18,6 +18,10 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from modules.clip import CheckpointError
+from modules.converters.ours import read_model_record
+from modules.factory import build_model
+
 log = logging.getLogger("univtr")
 
 
@@ -94,9 +98,6 @@ class TaskModel(nn.Module):
 def build_task_model(args, make: "type[TaskModel]", **kwargs) -> TaskModel:
     """``make(head, args, **kwargs)`` around the head the flags describe. A checkpoint of this very task
     in ``--init_model`` is loaded into the whole model (strict); any other file initialises the head."""
-    from engine.checkpoint import read_model_record
-    from modules.factory import build_model
-
     init = getattr(args, "init_model", None)
     record = read_model_record(init) if init else None
     own = record is not None and str(record.get("head", "")).startswith(make.task_name + "/")
@@ -116,8 +117,6 @@ def build_task_model(args, make: "type[TaskModel]", **kwargs) -> TaskModel:
     model.untrained_modules = [] if own else [*(f"head.{name}" for name in getattr(model.head, "untrained_modules", ())),
                                               *model.task_modules_with_weights()]
     if own:
-        from modules.clip import CheckpointError
-
         state = torch.load(init, map_location="cpu", weights_only=True)["model"]
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:

@@ -39,6 +39,7 @@ from dataloaders.shards import FORMAT_VERSION, INDEX_FILE, META_FIELD  # noqa: E
 from dataloaders.verify_videos import check_video  # noqa: E402
 from dataloaders.video.backends import candidate_backends  # noqa: E402
 from dataloaders.video.batch import TEMP_MARK, report_failures, run_parallel  # noqa: E402
+from engine import options  # noqa: E402
 from preprocess.settings import record_settings, write_text_atomically  # noqa: E402
 
 SETTINGS_FILE = "shard_settings.json"
@@ -49,8 +50,6 @@ KEY_LENGTH = 64  # tar member names stay well inside the 100 characters of a ust
 
 def build_parser():
     """main_task_retrieval.py's run, data, video and selection flags, plus this tool's own."""
-    from engine import options
-
     parser = options.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     for add in (options.add_run_args, options.add_data_args, options.add_video_args, options.add_selection_args):
         add(parser)
@@ -181,9 +180,7 @@ def make_shards(args) -> tuple[dict, list[tuple[str, str]]]:
 
 
 def main(argv=None) -> int:
-    from engine.options import parse_args
-
-    args = parse_args(argv, build_parser())
+    args = options.parse_args(argv, build_parser())
     try:
         _, left_out = make_shards(args)
     except (DataError, ValueError, RuntimeError, OSError) as error:

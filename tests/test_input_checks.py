@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import dataloaders.video.loader as video_loader
+import dataloaders
 from dataloaders import DataError, build_dataset, load_records
 from main_task_retrieval import get_args
 from preprocess import frames_to_lmdb
@@ -55,7 +55,7 @@ def test_windows_past_the_end_of_their_video_stop_the_build_in_one_line(tmp_path
 
 def test_only_windows_are_probed_once_per_video(tmp_path, monkeypatch):
     probed = []
-    monkeypatch.setattr(video_loader, "probe_duration", lambda path, **kw: probed.append(Path(path).name) or 10.0)
+    monkeypatch.setattr(dataloaders, "probe_duration", lambda path, **kw: probed.append(Path(path).name) or 10.0)
     touch(tmp_path / "videos", "a.mp4", "b.mp4")
     write_csv(tmp_path / "ann" / "train.csv", ["video_path", "caption"], [["a.mp4", "x"], ["b.mp4", "y"]])
     build_dataset(args_for(tmp_path, "csv"), "train", video_loader=FakeLoader())

@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import default_collate
 
 from dataloaders.video import VideoClipLoader
-from dataloaders.video.transforms import (CLIP_STD, PIXELS_KEY, _resize, finish_on_device,
-                                          resize_through_float)
+from dataloaders.video.handover import finish_on_device
+from dataloaders.video.transforms import CLIP_STD, PIXELS_KEY, _resize, resize_through_float
 from engine.distributed import DistEnv
 from engine.evaluate import to_device
 from main_task_retrieval import get_args

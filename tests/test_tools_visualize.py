@@ -147,7 +147,7 @@ def test_zoo_lists_every_head_with_counts_that_match_a_built_model():
     from modules import build_model
     from modules.factory import count_parameters
     from modules.heads import list_heads
-    from modules.zoo import default_args, main, measure
+    from tools.zoo import default_args, main, measure
 
     tiny = measure("meanP", "tiny", frames=4, words=16)
     args = default_args("meanP", "tiny", 4, 16)

@@ -150,3 +150,25 @@ def timed(fn, *args, repeat: int = 1):
     for _ in range(repeat):
         out = fn(*args)
     return out, (time.perf_counter() - start) / repeat
+
+
+def scoring_mode(model, features: tuple[torch.Tensor, ...]) -> str:
+    """"dot": the score is the cosine of two embeddings; "rerank": another score over features whose first
+    tensor is an embedding (candidates by it, then the head's similarity); "full": the head's similarity
+    on every video."""
+    from modules.heads.base import RetrievalHead  # start-up: see the top
+
+    if type(model).similarity is RetrievalHead.similarity:
+        return "dot"
+    return "rerank" if features[0].ndim == 2 else "full"
+
+
+def primary_vectors(features) -> torch.Tensor:
+    """Unit vectors of the first feature tensor (the embedding candidates are found by)."""
+    first = features[0] if isinstance(features, (tuple, list)) else features
+    return normalise_rows(first)
+
+
+def from_rows(features: tuple[torch.Tensor, ...], rows: torch.Tensor):
+    picked = tuple(f.index_select(0, rows) for f in features)
+    return picked[0] if len(picked) == 1 else picked

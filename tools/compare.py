@@ -73,7 +73,7 @@ VARIANTS: dict[str, tuple[Method, ...]] = {
 
 def registered_methods() -> dict[str, Method]:
     """Every registered head as a method, in the registry's order, with ``VARIANTS`` expanded."""
-    from modules.heads import list_heads
+    from modules.heads import list_heads  # start-up
 
     methods: dict[str, Method] = {}
     for head in list_heads():
@@ -130,7 +130,7 @@ def run_arm(argv: list[str]) -> int:
     measured_path, flags = Path(argv[0]), argv[1:]
     import torch
 
-    import main_task_retrieval
+    import main_task_retrieval  # start-up
 
     recorder = RunRecorder()
     logging.getLogger("univtr").addHandler(recorder)
@@ -331,7 +331,7 @@ def check_settings(out: Path, flags: list[str]) -> None:
 
 
 def build_parser():
-    from engine.options import ArgumentParser
+    from engine.options import ArgumentParser  # start-up
 
     parser = ArgumentParser(prog="python -m tools.compare", allow_abbrev=False,
                             description="fine-tune every method with the same flags and seeds; flags after '--' "

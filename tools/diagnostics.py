@@ -58,7 +58,7 @@ def effective_rank(features: Tensor) -> float:
 
 def index_report(index_dir) -> str:
     """One line on the embeddings stored in a ``tools.index`` folder (its first feature tensor)."""
-    from tools.store import IndexStore
+    from tools.store import IndexStore  # start-up
 
     store = IndexStore.open(index_dir)
     store.header()  # refuses another format

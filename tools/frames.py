@@ -17,8 +17,8 @@ def read_strip(path, count: int = 5, height: int = 72, backend: str = "auto"):
     Raises VideoDecodeError when the video cannot be read."""
     from PIL import Image
 
-    from dataloaders.video.backends import candidate_backends
-    from dataloaders.video.loader import with_reader
+    from dataloaders.video.backends import candidate_backends  # start-up
+    from dataloaders.video.loader import with_reader  # start-up
 
     frames = with_reader(path, candidate_backends(backend), lambda r: r.get(strip_indices(r.num_frames, count)))
     return hstack([Image.fromarray(np.asarray(f)) for f in frames], height)

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tools.store import IndexFolderError, IndexStore, file_signature
+from tools.ann import primary_vectors, scoring_mode
+from tools.store import IndexFolderError, IndexStore, file_signature, index_header
 
 FAULT_ENV = "UNIVTR_INDEX_FAULT_AFTER_CHUNKS"  # tests: die abruptly after this many committed chunks
 
@@ -37,9 +38,9 @@ class VideoFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        from dataloaders.video import VideoDecodeError, probe
-        from dataloaders.video.errors import describe
-        from tools.frames import read_strip, save_jpeg
+        from dataloaders.video import VideoDecodeError, probe  # start-up
+        from dataloaders.video.errors import describe  # start-up
+        from tools.frames import read_strip, save_jpeg  # start-up
 
         path = self.paths[i]
         try:
@@ -58,7 +59,7 @@ class VideoFiles(Dataset):
 
 
 def _init_worker(_worker_id: int) -> None:
-    from dataloaders.video.batch import _quiet_worker
+    from dataloaders.video.batch import _quiet_worker  # start-up
 
     _quiet_worker()
 
@@ -75,36 +76,15 @@ def as_tuple(features) -> tuple[torch.Tensor, ...]:
     return tuple(features) if isinstance(features, (tuple, list)) else (features,)
 
 
-def fingerprint(path, block: int = 1 << 22) -> str:
-    """BLAKE2b of a file's bytes: the checkpoint an index was built with, wherever it is copied to."""
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def index_header(checkpoint: Path, model, strip_frames: int, strip_height: int) -> dict:
-    """What must not change between the runs that fill one index: the model and the frame strips."""
-    from engine.checkpoint import INPUT_FLAGS, model_flag_names, read_model_record
-
-    recorded = read_model_record(checkpoint)["args"]
-    names = set(model_flag_names()) | set(INPUT_FLAGS)
-    return {"model": {"checkpoint": str(checkpoint), "fingerprint": fingerprint(checkpoint), "head": model.head_name,
-                      "clip_config": model.clip.config.to_dict(),
-                      "flags": {k: v for k, v in sorted(recorded.items()) if k in names}},
-            "settings": {"strip_frames": strip_frames, "strip_height": strip_height}}
-
-
 def build_index(checkpoint, videos: list[str], out, *, workers: int | None = None, batch_size: int = 16,
                 chunk: int = 256, faiss: str = "auto", recall_target: float = 0.95, backend: str | None = None,
                 strip_frames: int = 5, strip_height: int = 72, device: str = "cpu", progress: bool = True,
                 extensions=None) -> dict:
     """Embed the videos under ``videos`` (folders, searched recursively) not yet in the index ``out``;
     returns a summary {"added", "failed" (path -> reason), "total"}."""
-    from dataloaders.video import VideoClipLoader
-    from dataloaders.video.batch import VIDEO_EXTENSIONS, list_videos
-    from engine.checkpoint import load_model
+    from dataloaders.video import VideoClipLoader  # start-up
+    from dataloaders.video.batch import VIDEO_EXTENSIONS, list_videos  # start-up
+    from engine.checkpoint import load_model  # start-up
 
     checkpoint = Path(checkpoint).resolve()
     if chunk % batch_size:
@@ -180,8 +160,7 @@ def build_index(checkpoint, videos: list[str], out, *, workers: int | None = Non
 
 def build_ann(store: IndexStore, model, count: int, mode: str, recall_target: float) -> dict | None:
     """(Re)build the FAISS index when asked for (``on``) or useful (``auto``: installed, large index)."""
-    from tools import ann
-    from tools.search import primary_vectors, scoring_mode
+    from tools import ann  # start-up
 
     store.ann_path.unlink(missing_ok=True)
     wanted = mode == "on" or (mode == "auto" and count >= ann.FAISS_MIN_ITEMS and ann.faiss_available())
@@ -219,8 +198,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--unreadable_out", default=None, help="also write this run's unreadable files here (TSV)")
     args = parser.parse_args(argv)
-    from dataloaders.video.batch import report_failures
-    from modules.clip import CheckpointError
+    from dataloaders.video.batch import report_failures  # start-up
+    from modules.clip import CheckpointError  # start-up
 
     if args.rebuild and Path(args.out).exists():
         if not (Path(args.out) / "index.json").is_file():

@@ -24,29 +24,8 @@ from pathlib import Path
 import torch
 
 from tools import ann
-from tools.store import Entry, IndexFolderError, IndexStore
-
-
-def scoring_mode(model, features: tuple[torch.Tensor, ...]) -> str:
-    """"dot": the score is the cosine of two embeddings; "rerank": another score over features whose first
-    tensor is an embedding (candidates by it, then the head's similarity); "full": the head's similarity
-    on every video."""
-    from modules.heads.base import RetrievalHead
-
-    if type(model).similarity is RetrievalHead.similarity:
-        return "dot"
-    return "rerank" if features[0].ndim == 2 else "full"
-
-
-def primary_vectors(features) -> torch.Tensor:
-    """Unit vectors of the first feature tensor (the embedding candidates are found by)."""
-    first = features[0] if isinstance(features, (tuple, list)) else features
-    return ann.normalise_rows(first)
-
-
-def from_rows(features: tuple[torch.Tensor, ...], rows: torch.Tensor):
-    picked = tuple(f.index_select(0, rows) for f in features)
-    return picked[0] if len(picked) == 1 else picked
+from tools.ann import from_rows, primary_vectors, scoring_mode
+from tools.store import Entry, IndexFolderError, IndexStore, index_header
 
 
 @dataclass
@@ -61,8 +40,7 @@ class Searcher:
 
     def __init__(self, index_dir, checkpoint=None, device: str = "cpu", use_faiss: bool = True,
                  nprobe: int | None = None, candidates: int = 1000):
-        from engine.checkpoint import load_model
-        from tools.index import index_header
+        from engine.checkpoint import load_model  # start-up
 
         self.store = IndexStore.open(index_dir)
         self.header = self.store.header()
@@ -95,7 +73,7 @@ class Searcher:
 
     def _cross_topk(self) -> int:
         try:
-            from engine.rerank import wants_rerank
+            from engine.rerank import wants_rerank  # start-up
         except ImportError:
             return 0
         return int(self.args.rerank_topk) if wants_rerank(self.model, self.args) else 0
@@ -109,7 +87,7 @@ class Searcher:
         return f"{len(self.entries)} videos, {how}, {where}{cross}"
 
     def encode_text(self, texts: list[str]):
-        from modules.clip import tokenize
+        from modules.clip import tokenize  # start-up
 
         tokenizer = self.model.tokenizer() or tokenize
         ids, mask = tokenizer(list(texts), max_words=self.args.max_words)
@@ -137,7 +115,7 @@ class Searcher:
     def _cross_rerank(self, text, scores: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A head with a cross-encoder (``can_rerank``/``match_probability``, T2VLP) re-scores each query's
         top ``--rerank_topk`` candidates as evaluation does (engine/rerank.py); they stay above the rest."""
-        from engine.rerank import rerank_scores
+        from engine.rerank import rerank_scores  # start-up
 
         scores, rows = scores.clone(), rows.clone()
         top = min(self.cross_topk, rows.shape[1])
@@ -188,7 +166,7 @@ def main(argv=None) -> int:
     if args.topk < 1:
         print("error: --topk must be >= 1", file=sys.stderr)
         return 2
-    from modules.clip import CheckpointError
+    from modules.clip import CheckpointError  # start-up
 
     try:
         searcher = Searcher(args.index, args.checkpoint, use_faiss=not args.exact, nprobe=args.nprobe,
@@ -206,7 +184,7 @@ def main(argv=None) -> int:
             for hit in hits:
                 print(f"  {hit.rank:>3}  {hit.score:8.4f}  {hit.entry.path}")
     if args.html:
-        from tools.html import results_page
+        from tools.html import results_page  # start-up
 
         Path(args.html).write_text(results_page(searcher, list(zip(args.query, results))))
         print(f"page written: {Path(args.html).resolve()}")

@@ -127,7 +127,7 @@ def make_handler(searcher: Searcher, page: str):
 
 
 def make_server(searcher: Searcher, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
-    from tools.html import search_page
+    from tools.html import search_page  # start-up
 
     server = ThreadingHTTPServer((host, port), make_handler(searcher, search_page(searcher.description)))
     server.daemon_threads = True
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     parser.add_argument("--checkpoint", default=None, help="the index's model when it moved")
     args = parser.parse_args(argv)
-    from modules.clip import CheckpointError
+    from modules.clip import CheckpointError  # start-up
 
     try:
         searcher = Searcher(args.index, args.checkpoint)

@@ -205,6 +205,27 @@ class IndexStore:
         return tuple(torch.cat([p[i] for p in parts]).index_select(0, inverse) for i in range(len(parts[0])))
 
 
+def fingerprint(path, block: int = 1 << 22) -> str:
+    """BLAKE2b of a file's bytes: the checkpoint an index was built with, wherever it is copied to."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def index_header(checkpoint: Path, model, strip_frames: int, strip_height: int) -> dict:
+    """What must not change between the runs that fill one index: the model and the frame strips."""
+    from engine.checkpoint import INPUT_FLAGS, model_flag_names, read_model_record  # start-up: see the top
+
+    recorded = read_model_record(checkpoint)["args"]
+    names = set(model_flag_names()) | set(INPUT_FLAGS)
+    return {"model": {"checkpoint": str(checkpoint), "fingerprint": fingerprint(checkpoint), "head": model.head_name,
+                      "clip_config": model.clip.config.to_dict(),
+                      "flags": {k: v for k, v in sorted(recorded.items()) if k in names}},
+            "settings": {"strip_frames": strip_frames, "strip_height": strip_height}}
+
+
 def _first_difference(differs: dict, prefix: str = "") -> str:
     """``key.sub: OLD there, NEW now`` for the first leaf that differs."""
     for key, (old, new) in differs.items():

@@ -46,9 +46,9 @@ def run_checkpoint(run: Path) -> Path:
 
 def encoded_test_set(checkpoint, data_path=None, features_path=None, split: str = "test"):
     """(model, dataset, encoded split) of the benchmark a checkpoint was trained on (or ``data_path``)."""
-    from dataloaders import build_dataset
-    from engine.checkpoint import load_model
-    from engine.evaluate import encode_split
+    from dataloaders import build_dataset  # start-up
+    from engine.checkpoint import load_model  # start-up
+    from engine.evaluate import encode_split  # start-up
 
     overrides = {"output_dir": None, "num_thread_reader": 0}
     if data_path:
@@ -65,7 +65,7 @@ def encoded_test_set(checkpoint, data_path=None, features_path=None, split: str 
 @torch.no_grad()
 def retrieval_rows(model, dataset, encoded, n: int, failures: bool, k: int = 5) -> list[dict]:
     """The data of the grid: per chosen caption its top-k videos, scores and the ground truth's rank."""
-    from engine.evaluate import select_features
+    from engine.evaluate import select_features  # start-up
 
     captions = torch.arange(encoded.num_captions)
     scores = torch.cat([model.similarity(select_features(encoded.text, rows), encoded.video).float()
@@ -88,7 +88,7 @@ def retrieval_rows(model, dataset, encoded, n: int, failures: bool, k: int = 5) 
 
 def retrievals_figure(rows: list[dict], dataset, out, k: int = 5, strip_width: float = 2.6, row_height: float = 0.9):
     """The grid: one row per caption (text, then k strips); the ground truth in a green frame."""
-    from tools.frames import read_strip
+    from tools.frames import read_strip  # start-up
 
     plt = _pyplot()
     text_width = 3.2
@@ -260,7 +260,7 @@ def project_2d(points: np.ndarray, method: str = "auto") -> tuple[np.ndarray, st
 
 def paired_embeddings(model, encoded) -> tuple[np.ndarray, np.ndarray]:
     """Unit text and video embeddings of (first caption, its video) pairs."""
-    from tools.search import primary_vectors
+    from tools.ann import primary_vectors  # start-up
 
     text, video = primary_vectors(encoded.text), primary_vectors(encoded.video)
     first = {}
@@ -316,8 +316,8 @@ def main(argv=None) -> int:
     p.add_argument("--method", choices=("auto", "umap", "pca"), default="auto")
     p.add_argument("--out", default="gap.png")
     args = parser.parse_args(argv)
-    from dataloaders import DataError
-    from modules.clip import CheckpointError
+    from dataloaders import DataError  # start-up
+    from modules.clip import CheckpointError  # start-up
 
     try:
         if args.what == "retrievals":

@@ -27,14 +27,14 @@ import torch
 
 def load_pretraining_model(checkpoint: str, bert_path: str | None = None, device: str = "cpu"):
     """(SimVTP pre-training head in eval mode, its flags) from our checkpoint or SimVTP's .pth."""
-    from engine.checkpoint import load_model, read_model_record
+    from engine.checkpoint import load_model, read_model_record  # start-up
 
     overrides = {"simvtp_stage": "pretrain"} | ({"bert_path": bert_path} if bert_path else {})
     if read_model_record(checkpoint) is not None:
         model, args = load_model(checkpoint, device, **overrides)
     else:
-        from engine.options import build_parser
-        from modules import build_model
+        from engine.options import build_parser  # start-up
+        from modules import build_model  # start-up
 
         args = build_parser().parse_args(["--method", "simvtp", "--videomae_checkpoint", checkpoint])
         for key, value in overrides.items():
@@ -49,8 +49,8 @@ def load_pretraining_model(checkpoint: str, bert_path: str | None = None, device
 def reconstruct(model, video: torch.Tensor, video_mask: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor,
                 generator: torch.Generator) -> dict:
     """One clip through the joint pass: masks, reconstructed pixels in [0, 1], masked and predicted ids."""
-    from modules.components.pixels import patchify, tube_statistics, unnormalise, unpatchify
-    from modules.videomae.transformer import complete_tubelets
+    from modules.components.pixels import patchify, tube_statistics, unnormalise, unpatchify  # start-up
+    from modules.videomae.transformer import complete_tubelets  # start-up
 
     config = model.clip.config
     video, video_mask = complete_tubelets(video, video_mask, config.tubelet_size)
@@ -155,13 +155,13 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.mask_ratio is not None:
-        from modules.components.tube_mask import masked_count
+        from modules.components.tube_mask import masked_count  # start-up
 
         model.tube_mask.ratio = args.mask_ratio
         model.tube_mask.num_masked = masked_count(args.mask_ratio, model.tube_mask.positions)
     if args.text_mask_ratio is not None:
         model.text_masker.rate = args.text_mask_ratio
-    from dataloaders.video import VideoClipLoader
+    from dataloaders.video import VideoClipLoader  # start-up
 
     loader = VideoClipLoader.from_args(flags, train=False)
     tokenize = model.tokenizer() or __import__("modules.clip", fromlist=["tokenize"]).tokenize

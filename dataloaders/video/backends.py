@@ -24,6 +24,7 @@ import numpy as np
 
 from . import lmdb_format
 from .errors import EmptyVideoError, UnsupportedCodecError, VideoDecodeError, VideoNotFoundError, describe
+from .jpeg_device import check_jpeg
 
 # Fastest first, from benchmarks/bench_video_loading.py (docs/video.md): PyAV leads on B-frame video
 # because it skips unwanted non-reference frames; the three are level on all-reference video. PyAV also
@@ -450,8 +451,6 @@ class LMDBReader(Reader):
     def get_encoded(self, indices: Sequence[int]) -> list[bytes]:
         """The stored JPEG files of frames ``indices`` (any order, repeats allowed), not decoded
         (``--jpeg_decode device``: the GPU decodes them)."""
-        from .jpeg_device import check_jpeg
-
         out = []
         with self._env.begin(buffers=True) as txn:
             for i in self._checked(indices):

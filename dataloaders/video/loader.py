@@ -1,6 +1,6 @@
 """VideoClipLoader: path -> (normalised frames, mask), index-first, with per-file backend fallback.
 For the training engine's DataLoaders it hands over uint8 frames (or, ``--jpeg_decode device``, the
-stored JPEG files) instead, converted on the device by ``transforms.finish_on_device``."""
+stored JPEG files) instead, converted on the device by ``handover.finish_on_device``."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,8 @@ import torch
 
 from .backends import VideoInfo, candidate_backends, check_file, codec_failure, open_reader
 from .errors import EmptyWindowError, VideoDecodeError, VideoNotFoundError
-from .sampling import MODES, PADDED_FRAMES, padded_slot_sources, sample_indices
+from .jpeg_device import pack, resolve_jpeg_decode
+from .sampling import MODES, PADDED_FRAMES, _window, padded_slot_sources, sample_indices
 from .transforms import OUTPUTS, PIXELS_KEY, AugmentConfig, eval_plan, eval_transform, train_plan, train_transform
 
 
@@ -70,7 +71,7 @@ class VideoClipLoader:
     ``output="uint8"`` returns the frames as uint8 0..255 (padding 0) for normalisation on the device;
     ``jpeg_decode="device"`` (lmdb backend, one view) returns the clip's stored JPEG files and its
     transform as one ``bytes`` object (``jpeg_device.pack``) for decoding on the device. Either way the
-    dataset adds :meth:`batch_fields` to each item, which ``transforms.finish_on_device`` reads.
+    dataset adds :meth:`batch_fields` to each item, which ``handover.finish_on_device`` reads.
     """
 
     def __init__(self, max_frames: int = 12, image_size: int = 224, mode: str = "clip4clip",
@@ -115,8 +116,6 @@ class VideoClipLoader:
         """The training or evaluation loader described by the flags of ``add_video_args``.
         ``device_side``: its clips go through ``engine.evaluate.to_device`` (the engine's datasets), so
         ``--loader_frames`` and ``--jpeg_decode`` apply; otherwise it returns normalised float32."""
-        from .jpeg_device import resolve_jpeg_decode
-
         get = lambda name, default: getattr(args, name, default)  # noqa: E731
         views = (get("test_num_segment", 1), get("test_num_crop", 1))
         lmdb = get("video_backend", "auto") == "lmdb" or (get("video_backend", "auto") == "auto"
@@ -189,8 +188,6 @@ class VideoClipLoader:
 
     def _packed(self, jpegs: list[bytes], info, rng):
         """The stored JPEG files and the clip's plan, drawn as the transforms draw it, as one bytes blob."""
-        from .jpeg_device import pack
-
         size = self.image_size
         plan = (train_plan(info.height, info.width, size, rng, self.augment) if self.train_augment
                 else eval_plan(info.height, info.width, size))
@@ -213,8 +210,6 @@ class VideoClipLoader:
     def _segments(self, idx: list[int], num_frames: int, fps: float, start, end) -> list[list[int]]:
         """The sampled pattern ``idx`` moved to ``test_num_segment`` evenly spaced places in the window
         (VideoMAE's test segments; a pattern that fills the window stays where it is)."""
-        from .sampling import _window
-
         segments = self.test_views[0]
         if segments == 1:
             return [idx]

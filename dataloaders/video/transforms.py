@@ -7,7 +7,7 @@ once per clip, so every frame of a clip gets the same crop, flip and colour chan
 Each transform is a :class:`ClipPlan` (crop, resize, flip, colour factors), drawn from the frame size
 and the clip's random generator, then applied; the last step is either CLIP's normalisation to float32
 or, with ``output="uint8"``, rounding to uint8. DataLoader workers of the training engine hand over
-uint8 frames (a quarter of float32's bytes) and :func:`finish_on_device` converts and normalises them
+uint8 frames (a quarter of float32's bytes) and ``handover.finish_on_device`` converts and normalises them
 on the device, inside ``engine.evaluate.to_device``; the batch's ``video_pixels`` field says which.
 """
 from __future__ import annotations
@@ -214,25 +214,3 @@ def normalize_frames(video: torch.Tensor, video_mask: torch.Tensor, statistics: 
     """uint8 frames (..., T, 3, H, W) as workers hand them over -> float32 normalised, on their device;
     padded frames (``video_mask`` 0) are exactly 0, as in frames normalised by the worker."""
     return normalize(video, statistics).masked_fill_(video_mask[..., None, None, None] == 0, 0)
-
-
-def finish_on_device(batch: dict, device) -> dict:
-    """A collated batch already on ``device``: frames handed over as uint8 or as JPEG (its
-    ``video_pixels`` field) become float32 normalised frames there; other batches are returned as they
-    are. Called by ``engine.evaluate.to_device`` for training and evaluation alike."""
-    tags = batch.pop(PIXELS_KEY, None)
-    if tags is None:
-        return batch
-    tags = {tags} if isinstance(tags, str) else set(tags)
-    if len(tags) != 1:
-        raise ValueError(f"one batch mixes frame formats {sorted(tags)}")
-    kind, _, statistics = next(iter(tags)).partition("/")
-    if kind == "uint8":
-        batch["video"] = normalize_frames(batch["video"], batch["video_mask"], statistics)
-    elif kind == "jpeg":
-        from .jpeg_device import decode_clips
-
-        batch["video"] = decode_clips(batch["video"], batch["video_mask"], device, statistics)
-    else:
-        raise ValueError(f"unknown frame format {kind!r} in the batch's {PIXELS_KEY}")
-    return batch

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from modules.clip.loading import CheckpointError, read_state_dict
 
-from . import choose_converter
+from .registry import choose_converter
 from .base import Conversion, group_of
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from modules.clip import build_clip, list_architectures
 from modules.clip.config import canonical_name, get_config
 from modules.clip.loading import OPENAI_FILES, CheckpointError
 
-from . import choose_converter
+from .registry import choose_converter
 from .base import Conversion, ImpliedFlags
 from .checkpoint import read_checkpoint
 

@@ -10,13 +10,34 @@ The flags of our own runs are not inferred here: a self-contained model checkpoi
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping
 
+import torch
 from torch import Tensor
 
 from modules.clip.loading import to_our_layout
 
 from .base import Conversion, Converter, register_converter
+
+# The self-contained model checkpoint (model_final.pt, model_best.pt) that engine.checkpoint.save_model writes:
+# the weights under "model", the CLIP architecture, the head and every flag beside them.
+MODEL_FORMAT = "univtr-model-v1"
+
+
+def read_model_record(path) -> dict | None:
+    """The record of a self-contained model checkpoint (everything but the weights), or None for any
+    other file (CLIP4Clip's pytorch_model.bin.N, a CLIP file, an older UniVTR checkpoint)."""
+    path = Path(path)
+    if path.is_dir() or path.suffix == ".safetensors" or not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not ours (TorchScript, unreadable): the CLIP loader reports it in its own words
+        return None
+    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
+        return None
+    return {k: v for k, v in state.items() if k != "model"}
 
 
 @register_converter

@@ -1,7 +1,8 @@
 """One interface for every retrieval method, and the registry that names them.
 
 A method is a ``RetrievalHead`` subclass in its own file under ``modules/heads/``, registered with
-``@register_head("name")``. The engine only ever calls:
+``@register_head("name", add_args=add_name_args)`` (the method's own flags, if any, live in the same
+file). The engine only ever calls:
 
 * ``encode_text(text_ids, text_mask)`` and ``encode_video(video, video_mask)`` -> features: a tensor
   or a tuple of tensors, batch first. The engine gathers them across ranks and evaluates in chunks.
@@ -16,6 +17,7 @@ A method is a ``RetrievalHead`` subclass in its own file under ``modules/heads/`
 """
 from __future__ import annotations
 
+import argparse
 from typing import Callable, Sequence
 
 import torch
@@ -25,17 +27,29 @@ from torch import Tensor, nn
 from modules.clip import CLIP
 
 HEADS: dict[str, type["RetrievalHead"]] = {}
+HEAD_FLAGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}  # head name -> adds its own flags
 
 
-def register_head(name: str) -> Callable[[type], type]:
+def register_head(name: str, add_args: Callable[[argparse.ArgumentParser], None] | None = None
+                  ) -> Callable[[type], type]:
+    """Class decorator: the head under ``name``; ``add_args(parser)`` adds the method's own flags (the
+    parser of every entry script gets them through ``add_head_args``)."""
     def add(cls: type) -> type:
         if name in HEADS:
             raise ValueError(f"a head named {name!r} is already registered ({HEADS[name].__name__})")
         HEADS[name] = cls
+        if add_args is not None:
+            HEAD_FLAGS[name] = add_args
         cls.head_name = name
         return cls
 
     return add
+
+
+def add_head_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of every registered head that has its own (``modules.factory.add_model_args``)."""
+    for add_args in dict.fromkeys(HEAD_FLAGS.values()):  # each once, in registration order
+        add_args(parser)
 
 
 def list_heads() -> list[str]:

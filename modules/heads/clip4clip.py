@@ -10,12 +10,9 @@ from torch import Tensor, nn
 
 from modules.clip import CLIP, Transformer
 from modules.clip.transformer import LayerNorm
+from modules.flags import arg
 
 from .base import RetrievalHead, masked_mean, normalise, register_head, symmetric_infonce
-
-
-def _arg(args, name, default):
-    return getattr(args, name, default) if args is not None else default
 
 
 def key_padding_mask(video_mask: Tensor) -> Tensor:
@@ -63,8 +60,8 @@ class SequenceTransformer(MeanPooling):
     def __init__(self, clip: CLIP, args=None):
         super().__init__(clip, args)
         dim = clip.embed_dim
-        layers = _arg(args, "cross_num_hidden_layers", 4)
-        max_frames = _arg(args, "max_position_embeddings", 128)
+        layers = arg(args, "cross_num_hidden_layers", 4)
+        max_frames = arg(args, "max_position_embeddings", 128)
         self.frame_position_embeddings = nn.Embedding(max_frames, dim)
         nn.init.normal_(self.frame_position_embeddings.weight, std=0.02)
         text = clip.text
@@ -92,10 +89,10 @@ class TightTransformer(RetrievalHead):
     def __init__(self, clip: CLIP, args=None):
         super().__init__(clip, args)
         dim = clip.embed_dim
-        layers = _arg(args, "cross_num_hidden_layers", 4)
-        self.pair_chunk = _arg(args, "cross_pair_chunk", 4096)
+        layers = arg(args, "cross_num_hidden_layers", 4)
+        self.pair_chunk = arg(args, "cross_pair_chunk", 4096)
         self.type_embeddings = nn.Embedding(2, dim)
-        self.position_embeddings = nn.Embedding(_arg(args, "max_position_embeddings", 128), dim)
+        self.position_embeddings = nn.Embedding(arg(args, "max_position_embeddings", 128), dim)
         self.cross = Transformer(dim, layers, max(1, dim // 64))
         self.cross.init_weights()
         self.cross_ln = LayerNorm(dim)

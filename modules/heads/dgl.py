@@ -26,8 +26,10 @@ from torch import Tensor, nn
 from modules.clip import CLIP
 from modules.clip.transformer import BlockHook, QuickGELU, ResidualBlock
 
+from modules.flags import arg
+
 from .base import masked_mean, register_head
-from .prompting import PromptTuningHead, TextPromptHook, arg
+from .prompting import PromptTuningHead, TextPromptHook
 
 VISUAL_OUTPUT_TYPES = ("global_prompt", "global_prompts_mean", "frame_cls_mean", "global_and_cls_mean")
 
@@ -140,7 +142,7 @@ class DGLVideoHook(BlockHook):
         return self.num_global + torch.arange(self.num_frames) * self.frame_tokens
 
 
-@register_head("dgl")
+@register_head("dgl", add_args=add_dgl_args)
 class DGL(PromptTuningHead):
     def __init__(self, clip: CLIP, args=None):
         super().__init__(clip, args)

@@ -39,13 +39,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modules.clip import CLIP, Transformer
+from modules.clip.tokenizer import get_tokenizer
 from modules.clip.transformer import BlockHook
 from modules.components import BertMasker, FeatureQueue, MomentumTwin, queue_infonce
 from modules.components.hf_text import HFTextTower, hf_tokenizer, load_hf_tokenizer
+from modules.flags import arg
 
 from .base import RetrievalHead, masked_mean, normalise, register_head, symmetric_infonce
 from .clip4clip import key_padding_mask
-from .prompting import arg
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,7 @@ class MaskEmbeddingHook(BlockHook):
 # ----------------------------------------------------------------------------------------------------
 
 
-@register_head("hmmc")
+@register_head("hmmc", add_args=add_hmmc_args)
 class HMMC(RetrievalHead):
     # What fine-tuning drops from a pre-training checkpoint (it keeps clip., temporal., text_tower.).
     pretrain_only_prefixes = ("momentum.", "queue.", "v_projector.", "v_predictor.", "mlm_head.",
@@ -280,8 +281,6 @@ class HMMC(RetrievalHead):
                                      mask_id=tokenizer.mask_token_id, rate=rate, seed=seed)
             self.mlm_mask_embedding = None
         else:
-            from modules.clip.tokenizer import get_tokenizer
-
             clip_tokens = get_tokenizer()
             vocab = self.clip.config.text.vocab_size
             # CLIP pads with id 0 (also the BPE token "!", which is therefore never masked); SOT/EOT never.

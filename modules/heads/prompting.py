@@ -22,10 +22,6 @@ from .base import RetrievalHead
 PromptFn = Callable[[int, Tensor], Tensor]
 
 
-def arg(args, name: str, default):
-    return getattr(args, name, default) if args is not None else default
-
-
 class PromptTuningHead(RetrievalHead):
     """CLIP is frozen completely (LayerNorms and the temperature too); the logit scale is ln 100."""
 
@@ -72,20 +68,3 @@ class TextPromptHook(BlockHook):
     def pool_index(self, ids: Tensor) -> Tensor:
         """Row of EOT (the largest id) after the prefix prompts were inserted."""
         return ids.argmax(dim=-1) + self.num_prefix
-
-
-def add_prompt_args(parser) -> None:
-    """Flags of the heads that have their own (called from modules.factory.add_model_args): the
-    prompt-tuning heads DGL and UMP, HMMC and T2VLP."""
-    from .dgl import add_dgl_args
-    from .hmmc import add_hmmc_args
-    from .t2vlp import add_t2vlp_args
-    from .ump import add_ump_args
-
-    add_dgl_args(parser)
-    add_ump_args(parser)
-    add_hmmc_args(parser)
-    add_t2vlp_args(parser)
-    from .simvtp import add_simvtp_args
-
-    add_simvtp_args(parser)

@@ -35,13 +35,13 @@ from modules.components.matching import cosine_matrix, matching_labels, norm_sof
 from modules.components.pixel_decoder import PixelDecoder
 from modules.components.pixels import pixel_targets
 from modules.components.tube_mask import TubeMaskGenerator
-from modules.converters.simvtp import FRESH_FOR_FINETUNING
+from modules.flags import arg
 from modules.videomae.loading import load_part
 from modules.videomae.row_noise import RowNoise, global_rows, row_noise, step_key
+from modules.videomae.text import clip_vocabulary
 from modules.videomae.transformer import JointTrunk, complete_tubelets
 
 from .base import RetrievalHead, masked_mean, register_head
-from .prompting import arg
 
 log = logging.getLogger(__name__)
 LOSSES = ("pixel", "mlm", "vtc", "vtm")
@@ -83,7 +83,7 @@ def average_views(features: Tensor, views: int) -> Tensor:
     return features.view(-1, views, features.shape[-1]).mean(1)
 
 
-@register_head("simvtp")
+@register_head("simvtp", add_args=add_simvtp_args)
 class SimVTP(RetrievalHead):
     backbone_family = "videomae_joint"
     pretrain_only_prefixes = ("decoder.", "mlm_head.", "vtm_head.", "tube_mask.", "text_masker.", "clip.norm.")
@@ -100,8 +100,6 @@ class SimVTP(RetrievalHead):
             clip.__dict__.pop(name, None)  # kept by the head; a deep copy of the trunk must not carry them
         super().__init__(clip, args)
         if vocabulary is None:
-            from modules.videomae.text import clip_vocabulary
-
             vocabulary = clip_vocabulary()
         self.vocabulary = vocabulary
         self.stage = arg(args, "simvtp_stage", None) or ("pretrain" if arg(args, "do_pretrain", False) else "finetune")
@@ -164,7 +162,8 @@ class SimVTP(RetrievalHead):
         ``fc_norm``s are not filled: they start at 1 / 0, and the log (and ``--do_eval``) names them."""
         if self.stage == "pretrain" or any(k.startswith("text_trunk.") for k in state):
             return {}
-        return {"text_trunk.": FRESH_FOR_FINETUNING["text_trunk."]}
+        return {"text_trunk.": "SimVTP's fine-tuning starts the text copy of the trunk from the pre-trained encoder "
+                               "(copied)"}
 
     @staticmethod
     def _text_copy_from_trunk(module: "SimVTP", incompatible) -> None:

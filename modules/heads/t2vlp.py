@@ -29,13 +29,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modules.clip import CLIP
+from modules.clip.tokenizer import get_tokenizer
 from modules.components import BertMasker
 from modules.components.fusion import (MATCH_NORMS, FusionEncoder, HardNegativeSampler, MatchHead, VocabHead,
                                        gather_batch, key_mask, prefix_lm_mask, rank_share)
 from modules.components.tube import TubeTokens, local_alignment
+from modules.flags import arg
 
 from .base import RetrievalHead, masked_mean, normalise, register_head, symmetric_infonce
-from .prompting import arg
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def add_t2vlp_args(parser) -> None:
     g.add_argument("--rerank_batch", type=int, default=512, help="candidate pairs per cross-encoder batch")
 
 
-@register_head("t2vlp")
+@register_head("t2vlp", add_args=add_t2vlp_args)
 class T2VLP(RetrievalHead):
     # A later stage's modules, dropped (with a log line) when a model without them loads its checkpoint.
     pretrain_only_prefixes = FUSION_MODULES
@@ -103,8 +104,6 @@ class T2VLP(RetrievalHead):
             self.match = MatchHead(width, dropout, arg(args, "t2vlp_match_norm", "candidates"))
             self.negatives = HardNegativeSampler(arg(args, "seed", 42))
         if self.stage == "2":
-            from modules.clip.tokenizer import get_tokenizer
-
             special = get_tokenizer()
             self.vocab_head = VocabHead(width, clip.config.text.vocab_size, arg(args, "fusion_dropout", 0.2))
             # T2VLP: each word (never SOT/EOT/padding) with probability p, every one replaced by id 0.

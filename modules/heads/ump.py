@@ -28,8 +28,10 @@ from torch import Tensor, nn
 from modules.clip import CLIP
 from modules.clip.transformer import BlockHook, LayerNorm
 
+from modules.flags import arg
+
 from .base import masked_mean, normalise, register_head
-from .prompting import PromptTuningHead, TextPromptHook, arg
+from .prompting import PromptTuningHead, TextPromptHook
 
 
 def add_ump_args(parser) -> None:
@@ -209,7 +211,7 @@ class TextConditionedPool(nn.Module):
         return self.norm_out(pooled + self.dropout(self.proj(pooled)))
 
 
-@register_head("ump")
+@register_head("ump", add_args=add_ump_args)
 class UMP(PromptTuningHead):
     def __init__(self, clip: CLIP, args=None):
         super().__init__(clip, args)

@@ -15,6 +15,8 @@ from typing import Callable, Sequence
 
 from torch import Tensor
 
+from modules.clip.tokenizer import get_tokenizer
+
 Tokenize = Callable[[str | Sequence[str], int], tuple[Tensor, Tensor]]
 
 
@@ -32,7 +34,6 @@ class TextVocabulary:
         """Token strings of ``ids`` (for pictures of masked captions)."""
         if self.tokenize is not None:
             return self.tokenize.tokenizer.convert_ids_to_tokens(list(ids))
-        from modules.clip.tokenizer import get_tokenizer
 
         clip = get_tokenizer()
         return ["[MASK]" if int(i) == self.mask_id else clip.decode([int(i)]) for i in ids]
@@ -64,8 +65,6 @@ def bert_vocabulary(path: str | Path, lowercase: bool = True) -> TextVocabulary:
 
 
 def clip_vocabulary() -> TextVocabulary:
-    from modules.clip.tokenizer import get_tokenizer
-
     clip = get_tokenizer()
     size = clip.vocab_size
     return TextVocabulary(None, size + 1, size, 0, (clip.sot_id, clip.eot_id), size,

@@ -1,6 +1,6 @@
 """Every registered method at its default backbone: parameters and compute, as a markdown table.
 
-    python -m modules.zoo [--backbone ViT-B/32] [--frames 12] [--words 32]
+    python -m tools.zoo [--backbone ViT-B/32] [--frames 12] [--words 32]
 
 Each head is built with its default flags on the meta device (parameters are counted from shapes,
 without initialising anything), then run once on zero weights under ``torch.utils.flop_counter``
@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 def default_args(method: str, backbone: str, frames: int, words: int) -> argparse.Namespace:
-    from engine.options import build_parser
+    from engine.options import build_parser  # start-up
 
     args = build_parser().parse_args([])
     args.method, args.pretrained_clip_name, args.max_frames, args.max_words = method, backbone, frames, words
@@ -41,9 +41,9 @@ def _flops(fn) -> float | None:
 
 def measure(method: str, backbone: str = "ViT-B/32", frames: int = 12, words: int = 32) -> dict:
     """{method, trainable, total, video_gflops, text_gflops, pair_gflops} of one head."""
-    from modules.clip import build_clip, tokenize
-    from modules.factory import count_parameters, freeze_clip_layers
-    from modules.heads import get_head
+    from modules.clip import build_clip, tokenize  # start-up
+    from modules.factory import count_parameters, freeze_clip_layers  # start-up
+    from modules.heads import get_head  # start-up
 
     args = default_args(method, backbone, frames, words)
     head_cls = get_head(method)
@@ -55,7 +55,7 @@ def measure(method: str, backbone: str = "ViT-B/32", frames: int = 12, words: in
             clip = build_clip(backbone)
             size = clip.config.vision.image_size
         else:  # SimVTP's VideoMAE joint trunk, at its own default architecture and clip length
-            from modules.videomae import trunk_from_args
+            from modules.videomae import trunk_from_args  # start-up
 
             args.clip_init, args.videomae_arch = "random", getattr(args, "videomae_arch", None) or "ViT-B-16"
             clip = trunk_from_args(args)
@@ -103,17 +103,17 @@ def table(rows: list[dict], backbone: str, frames: int, words: int) -> str:
                      f"| {g(r['text_gflops'])} | {g(r['pair_gflops'])} |")
     return "\n".join(lines) + "\n\nDefault flags of each method; FLOPs count a multiply-add as 2 and only the ops " \
                               "torch.utils.flop_counter knows (matrix products, convolutions, attention: not an " \
-                              "LSTM's recurrence); n/a: not countable (python -m modules.zoo)."
+                              "LSTM's recurrence); n/a: not countable (python -m tools.zoo)."
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m modules.zoo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.zoo", description=__doc__.split("\n")[0])
     parser.add_argument("--backbone", default="ViT-B/32")
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--words", type=int, default=32)
     parser.add_argument("--methods", nargs="*", default=None, help="default: every registered head")
     args = parser.parse_args(argv)
-    from modules.heads import list_heads
+    from modules.heads import list_heads  # start-up
 
     methods = args.methods or list_heads()
     unknown = sorted(set(methods) - set(list_heads()))
