@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Pre-training demo (README, "Pre-training"): a method (HMMC by default, METHOD=simvtp for SimVTP) pre-trains
+# Pre-training demo (docs/pretraining.md): a method (HMMC by default, METHOD=simvtp for SimVTP) pre-trains
 # a tiny model from random weights on a second toy dataset (seed 1) written as WebDataset shards, is
 # evaluated zero-shot on the demo test set (seed 0) after every epoch, then fine-tuned on the demo's
 # training set, beside the same fine-tuning from random weights; CPU, about 4 (HMMC) or 3.5 (SimVTP) minutes
