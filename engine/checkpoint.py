@@ -132,6 +132,9 @@ def load_training_state(path) -> dict:
 # model is: neither restored from a checkpoint nor compared with it.
 NOT_ARCHITECTURE = frozenset({"pretrained_dir", "init_model", "grad_checkpointing", "freeze_layer_num", "clip_init",
                               "loose_type", "text_lr", "init_format"})
+# Model flags added after this project's checkpoints were written under the behaviour they now switch
+# away from: a record without the flag was trained with this value (not with today's default).
+BEHAVIOUR_BEFORE_THE_FLAG = {"t2vlp_match_norm": "vector"}
 # How captions and videos become the model's inputs: restored from the checkpoint unless given.
 INPUT_FLAGS = ("max_words", "max_frames", "image_resolution", "feature_framerate", "slice_framepos",
                "eval_sample_mode", "eval_frame_order", "frame_stride", "language")
@@ -199,6 +202,10 @@ def adopt_model_record(args, record: dict, explicit: set[str]) -> list[str]:
     for flag in model_flag_names():
         if flag in recorded:
             setattr(args, flag, recorded[flag])
+        elif flag in BEHAVIOUR_BEFORE_THE_FLAG:
+            setattr(args, flag, BEHAVIOUR_BEFORE_THE_FLAG[flag])
+            notes.append(f"--{flag} {BEHAVIOUR_BEFORE_THE_FLAG[flag]!r}: the checkpoint predates the flag and was "
+                         "trained so")
     for flag in INPUT_FLAGS:
         if flag not in recorded:
             continue
@@ -216,6 +223,7 @@ def model_args_from_record(record: dict, path, **overrides):
 
     args = build_parser().parse_args([])
     known = vars(args)
+    known.update({flag: value for flag, value in BEHAVIOUR_BEFORE_THE_FLAG.items() if flag not in record.get("args", {})})
     for key, value in record.get("args", {}).items():
         if key in known:
             known[key] = value

@@ -715,3 +715,20 @@ def test_stage1_stage2_reranked_retrieval_round_trip(corpora, tmp_path):
     assert main_task_retrieval.main(["--do_eval", "--output_dir", str(tmp_path / "eval"), "--init_model",
                                      str(tmp_path / "ft" / "model_final.pt"), *finetune]) == 0
     assert records(tmp_path / "eval")[-1]["metrics"] == tuned
+
+
+def test_a_checkpoint_saved_before_the_match_norm_flag_is_rescored_as_it_was_trained():
+    """This project's T2VLP checkpoints from before --t2vlp_match_norm normalised each output alone
+    ('vector'); their record lacks the flag, so they must not get today's default ('candidates')."""
+    from engine.checkpoint import adopt_model_record, model_args_from_record
+    from engine.options import build_parser
+
+    recorded = vars(build_parser().parse_args(["--method", "t2vlp"]))
+    old = {"args": {k: v for k, v in recorded.items() if k != "t2vlp_match_norm"}, "clip_config": {}}
+    new = {"args": {**recorded, "t2vlp_match_norm": "candidates"}, "clip_config": {}}
+    for record, expected in ((old, "vector"), (new, "candidates")):
+        args = build_parser().parse_args(["--do_eval", "--init_model", "x.pt"])
+        notes = adopt_model_record(args, record, set())
+        assert args.t2vlp_match_norm == expected
+        assert any("predates the flag" in note for note in notes) == (expected == "vector")
+        assert model_args_from_record(record, "x.pt").t2vlp_match_norm == expected
