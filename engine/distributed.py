@@ -10,6 +10,7 @@ whole global batch, for every parameter. The tests check this against a single p
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -60,10 +61,14 @@ _OWN_GROUP = False  # whether init_distributed created the default group (a test
 def close_distributed() -> None:
     """Destroy the process group init_distributed created. Left to interpreter exit, gloo's worker threads
     can be torn down unjoined ("terminate called without an active exception", SIGABRT after a finished
-    run: seen in CI on 2 ranks)."""
+    run: seen in CI on 2 ranks). destroy_process_group only drops the registry's reference: a DDP reducer
+    left in a reference cycle keeps the group (and its threads' pending work) alive until interpreter
+    finalisation, so the garbage is collected first and the group then really goes here."""
     global _OWN_GROUP
     if _OWN_GROUP and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
     _OWN_GROUP = False
 
 

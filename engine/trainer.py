@@ -172,7 +172,9 @@ def run(args) -> dict:
         raise ValueError("nothing to do: pass --do_train (--do_pretrain) and/or --do_eval")
     env = init_distributed(args.device)
     try:
-        return _run(args, env, training, pretraining)
+        result = _run(args, env, training, pretraining)
+        barrier(env)  # no rank tears its group down while another still talks to it
+        return result
     finally:
         close_distributed()
 
