@@ -338,16 +338,3 @@ def check_evaluated_weights(model, args) -> None:
     raise CheckpointError(f"--init_model {args.init_model} has no trained weights for {', '.join(untrained)} of the "
                           f"{model.head_name} model, and --do_eval would score them untrained: train them with "
                           f"{train}, then evaluate the model_final.pt (or model_best.pt) that run writes")
-
-
-def check_output_writable(output_dir: Path) -> None:
-    """An existing --output_dir must take new files (log.txt first): one ValueError line before any
-    work, for root on a read-only file system too (os.access sees EROFS)."""
-    if os.access(output_dir, os.W_OK | os.X_OK):
-        return
-    try:
-        read_only = bool(os.statvfs(output_dir).f_flag & os.ST_RDONLY)
-    except OSError:
-        read_only = False
-    why = "on a read-only file system" if read_only else "no write permission"
-    raise ValueError(f"--output_dir {output_dir} is not writable ({why}); choose another folder")

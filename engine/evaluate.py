@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, Subset
 
 from dataloaders import build_dataset
 from dataloaders.video.handover import finish_on_device
 from engine.distributed import gather_rows, shard_indices
-from engine.features import Features, concat_features, feature_count, put_in_order, select_features, similarity_tiles
+from engine.features import Features, concat_features, feature_count, put_in_order, similarity_tiles
 from engine.perf import pin_memory
 from engine.preemption import StopAtSignal, ignore_stop_signals
 from engine.rerank import rerank_candidates, wants_rerank
@@ -69,9 +69,6 @@ def eval_loader(dataset, args, device, sampler: Sampler | None = None) -> DataLo
 def shard_loader(dataset, args, env):
     """This rank's share of ``dataset`` (``shard_indices``: equal counts, the last index repeated) in
     batches; during training, a signal stops it on every rank at once (``engine.preemption``)."""
-    from torch.utils.data import Subset
-
-
     return StopAtSignal(eval_loader(Subset(dataset, shard_indices(len(dataset), env)), args, env.device), env)
 
 
@@ -358,8 +355,6 @@ def evaluate_retrieval(model, dataset, args, *, device=None, bank: Features | No
 
 def encode_bank(model, train_dataset, args, device=None) -> Features:
     """QB-Norm's query bank: the training captions (the first --qb_norm_bank_size of them if set)."""
-    from torch.utils.data import Subset
-
     device = device or _model_device(model)
     captions = train_dataset.text_dataset()
     size = min(args.qb_norm_bank_size or len(captions), len(captions))

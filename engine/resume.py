@@ -60,6 +60,19 @@ def check_resume_flags(saved: dict, args, path: str) -> None:
                      "(same flags, or --resume_allow_changes to continue anyway)")
 
 
+def check_output_writable(output_dir: Path) -> None:
+    """An existing --output_dir must take new files (log.txt first): one ValueError line before any
+    work, for root on a read-only file system too (os.access sees EROFS)."""
+    if os.access(output_dir, os.W_OK | os.X_OK):
+        return
+    try:
+        read_only = bool(os.statvfs(output_dir).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    why = "on a read-only file system" if read_only else "no write permission"
+    raise ValueError(f"--output_dir {output_dir} is not writable ({why}); choose another folder")
+
+
 def check_output_dir(output_dir: Path, model) -> None:
     """Before any work: the folder is writable and has room for a training checkpoint (the weights
     plus two AdamW moments per trainable parameter, and one spare copy while it is replaced)."""

@@ -28,7 +28,7 @@ from engine.options import evaluation_args
 from engine.perf import compile_model, configure_backends
 from engine.preemption import (PREEMPTED_MARKER, EvaluationStopped, FaultHooks, Preempted, StopRequest,
                                write_preempted_marker)
-from engine.resume import check_output_dir, check_resume_flags, resolve_resume
+from engine.resume import check_output_dir, check_output_writable, check_resume_flags, resolve_resume
 from engine.step import StepContext
 from engine.tasks import EvalContext, Task, get_task
 from engine.train_data import EpochSampler  # noqa: F401  (public here too)
@@ -192,7 +192,7 @@ def _run(args, env: DistEnv, training: bool, pretraining: bool) -> dict:
         except OSError as error:
             raise ValueError(f"--output_dir {output_dir} cannot be created ({error.strerror or error}); choose "
                              "another folder") from None
-        ckpt.check_output_writable(output_dir)
+        check_output_writable(output_dir)
     load_records(evaluation_args(args), "test")  # a wrong --data_path (a cheap read) before the model's weights
     setup_logging(output_dir, env)
     log_run_header(args, env)

@@ -21,7 +21,6 @@ from every done arm at the end of each invocation.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math

@@ -12,7 +12,6 @@ embedded. FAISS builds an approximate index when installed and the index is larg
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys

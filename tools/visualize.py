@@ -65,7 +65,7 @@ def encoded_test_set(checkpoint, data_path=None, features_path=None, split: str 
 @torch.no_grad()
 def retrieval_rows(model, dataset, encoded, n: int, failures: bool, k: int = 5) -> list[dict]:
     """The data of the grid: per chosen caption its top-k videos, scores and the ground truth's rank."""
-    from engine.evaluate import select_features  # start-up
+    from engine.features import select_features  # start-up
 
     captions = torch.arange(encoded.num_captions)
     scores = torch.cat([model.similarity(select_features(encoded.text, rows), encoded.video).float()

@@ -26,7 +26,7 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from modules.clip import CLIP
 from modules.clip.tokenizer import get_tokenizer
