@@ -268,6 +268,23 @@ def choose_qb_norm_params(model, val: EncodedSplit, bank: Features, args) -> tup
 
 
 @torch.no_grad()
+def feature_spread_metrics(encoded: EncodedSplit) -> tuple[dict[str, float], str | None]:
+    """Feature-collapse check of every evaluation: mean pairwise cosine and effective rank of the video and
+    the text embeddings (a head's first feature tensor, when it holds one vector per item). Near-1 cosine or
+    an effective rank near 1 says the encoder ranks by noise (docs/pretraining.md)."""
+    results, parts = {}, []
+    for side, features in (("video", encoded.video), ("text", encoded.text)):
+        matrix = features[0] if isinstance(features, (tuple, list)) else features
+        if matrix.ndim != 2 or matrix.shape[0] < 2 or not bool(torch.isfinite(matrix).all()):
+            continue
+        spread = M.feature_spread(matrix)
+        results[f"features/{side}_cosine"] = spread["cosine"]
+        results[f"features/{side}_effective_rank"] = spread["effective_rank"]
+        parts.append(f"{side} mean pairwise cosine {spread['cosine']:.3f}, effective rank "
+                     f"{spread['effective_rank']:.1f} of {int(spread['dim'])}")
+    return results, ("features: " + "; ".join(parts)) if parts else None
+
+
 def evaluate_encoded(model, encoded: EncodedSplit, args, *, bank: Features | None = None,
                      qb_norm_params: tuple[float, int] | None = None, split: str = "test",
                      dataset=None, rerank=None) -> EvalResult:
@@ -298,6 +315,9 @@ def evaluate_encoded(model, encoded: EncodedSplit, args, *, bank: Features | Non
               f"{encoded.num_videos} videos" for name, (q, file) in subsets.items()]
     if incomplete:
         notes.insert(0, f"WARNING: {incomplete}; not comparable with published numbers")
+    spread, spread_note = feature_spread_metrics(encoded)
+    results.update(spread)
+    notes += [spread_note] if spread_note else []
 
     if args.dsl:
         temperature = dsl_temperature(model, args)

@@ -317,7 +317,7 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
     for epoch in range(start_epoch, args.epochs):
         micro_batches, last_step = data.epoch(epoch, step_in_epoch)
         model.train()
-        pairs, started, epoch_loss, epoch_steps = 0, time.perf_counter(), 0.0, 0
+        pairs, started, epoch_terms, epoch_steps = 0, time.perf_counter(), {}, 0
         progress = _progress(last_step, step_in_epoch, epoch, args, env)
         for step_in_epoch in range(step_in_epoch, last_step):
             losses_for_log, skipped = {}, False
@@ -362,8 +362,9 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
             scheduler.step()
             step += 1
             data.end_step(env)  # decode failures: counted over every worker and rank, limit enforced
-            if not skipped:
-                epoch_loss, epoch_steps = epoch_loss + losses_for_log.get("loss", 0.0), epoch_steps + 1
+            if not skipped:  # every named term of the head's step, for the per-epoch means
+                epoch_terms = {k: epoch_terms.get(k, 0.0) + v for k, v in losses_for_log.items()}
+                epoch_steps += 1
             elapsed = time.perf_counter() - started
             if progress is not None:
                 progress.set_postfix(loss=f"{losses_for_log.get('loss', float('nan')):.4f}",
@@ -382,8 +383,10 @@ def train(model, args, env: DistEnv, rule, test_set, output_dir: Path | None, me
         if progress is not None:
             progress.close()
         # Always at least once per epoch, whatever --n_display says.
-        log.info("epoch %d/%d done: mean loss %.4f over %d steps (this run), lr %.3e", epoch + 1, args.epochs,
-                 epoch_loss / max(epoch_steps, 1), epoch_steps, scheduler.get_last_lr()[-1])
+        means = {k: v / max(epoch_steps, 1) for k, v in epoch_terms.items()}
+        terms = ", ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "loss")
+        log.info("epoch %d/%d done: mean loss %.4f over %d steps (this run), lr %.3e%s", epoch + 1, args.epochs,
+                 means.get("loss", 0.0), epoch_steps, scheduler.get_last_lr()[-1], f"; terms: {terms}" if terms else "")
         step_in_epoch = 0
         evaluate_epoch(epoch)
     try:

@@ -32,11 +32,13 @@ Post-processing (opt-in, always reported beside the raw numbers):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
 # A tile function returns the score block for the given caption (row) and video (column) indices.
 TileFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -417,3 +419,44 @@ def format_table(metrics: dict[str, float], title: str | None = None) -> str:
     for label in labels:
         lines.append(f"{label:<{width}}  " + "  ".join(f"{metrics[f'{label}/{c}']:7.2f}" for c in cols))
     return "\n".join(lines)
+
+
+# -- feature-collapse diagnostics -----------------------------------------------------------------
+def _check(features: Tensor) -> Tensor:
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ValueError(f"features must be a (rows, dim) matrix with at least 2 rows, got shape {tuple(features.shape)}")
+    features = features.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError("features contain NaN or infinite values")
+    return features
+
+
+def mean_pairwise_cosine(features: Tensor) -> float:
+    """Mean of cos(x_i, x_j) over the N(N-1) ordered pairs i != j (the off-diagonal mean of the cosine
+    matrix), from the sum of the unit rows: sum_{i != j} u_i.u_j = |sum_i u_i|^2 - sum_i |u_i|^2. A zero
+    row counts as cosine 0 with every other row."""
+    units = torch.nn.functional.normalize(_check(features), dim=-1)
+    n = units.shape[0]
+    total = units.sum(0)
+    return float((total @ total - (units * units).sum()) / (n * (n - 1)))
+
+
+def effective_rank(features: Tensor) -> float:
+    """exp(entropy of the singular values of the centred rows, normalised to sum 1) (Roy & Vetterli,
+    "The effective rank: a measure of effective dimensionality", EUSIPCO 2007). Centring first: a shared
+    offset is no direction the rows vary along. Rows that do not vary at all have effective rank 0."""
+    centred = _check(features)
+    centred = centred - centred.mean(0, keepdim=True)
+    singular = torch.linalg.svdvals(centred)
+    if float(singular.sum()) == 0.0:
+        return 0.0
+    p = singular / singular.sum()
+    p = p[p > 0]
+    return math.exp(float(-(p * p.log()).sum()))
+
+
+def feature_spread(features: Tensor, max_rows: int = 16384) -> dict[str, float]:
+    """Mean pairwise cosine and effective rank of (N, D) features, over the first ``max_rows`` rows (the SVD
+    costs N x D^2; a gallery of a million videos is judged on its first 16k)."""
+    rows = features[:max_rows]
+    return {"cosine": mean_pairwise_cosine(rows), "effective_rank": effective_rank(rows), "dim": float(rows.shape[1])}

@@ -152,3 +152,24 @@ def test_command_line_refuses_a_folder_that_is_no_index_in_one_line(tmp_path, ca
     err = capsys.readouterr().err
     assert err == (f"error: {frames}: its first feature tensor is (4, 3, 8), not one vector per video; these "
                    "diagnostics need (videos, dim)\n")
+
+
+def test_every_evaluation_reports_the_spread_of_both_towers():
+    # engine.evaluate's check: the video side is a collapsed set (rows +-e_0 and +-e_1 around one far offset:
+    # cosine near 1, effective rank 2, up to the float32 rounding of the rows), the text side a head's tuple
+    # (its first tensor counts); per-frame features (3-D) are no vectors per item and are not judged.
+    from engine.evaluate import EncodedSplit, feature_spread_metrics
+
+    basis = torch.eye(16)[:2]
+    video = torch.cat([basis, -basis]) * 0.01 + torch.full((16,), 1.0)
+    text = torch.randn(4, 16, generator=torch.Generator().manual_seed(1))
+    encoded = EncodedSplit(text=(text, torch.zeros(4, 3)), video=video, caption_to_video=torch.arange(4), num_videos=4)
+    spread, note = feature_spread_metrics(encoded)
+    assert spread["features/video_effective_rank"] == pytest.approx(2.0, rel=1e-6)  # float32 rows
+    assert spread["features/video_cosine"] == pytest.approx(mean_pairwise_cosine(video), abs=EXACT)
+    assert spread["features/video_cosine"] > 0.999
+    assert spread["features/text_cosine"] == pytest.approx(mean_pairwise_cosine(text), abs=EXACT)
+    assert spread["features/text_effective_rank"] == pytest.approx(effective_rank(text), abs=EXACT)
+    assert note.startswith("features: video mean pairwise cosine 1.000, effective rank 2.0 of 16; text ")
+    frames = EncodedSplit(text=text, video=torch.randn(4, 3, 16), caption_to_video=torch.arange(4), num_videos=4)
+    assert set(feature_spread_metrics(frames)[0]) == {"features/text_cosine", "features/text_effective_rank"}

@@ -75,6 +75,13 @@ def test_pretrain_finetune_evaluate_round_trip(corpora, tmp_path):
     corpus, bench = corpora
     assert main_pretrain.main(pretrain_args(corpora, tmp_path / "pre", "--epochs", "1")) == 0
     pretrained = tmp_path / "pre" / "model_final.pt"
+    # The epoch line carries the mean of every term the head's step returns: HMMC's total is its weighted sum.
+    line = next(x for x in (tmp_path / "pre" / "log.txt").read_text().splitlines() if "epoch 1/1 done" in x)
+    total = float(line.split("mean loss ")[1].split()[0])
+    terms = {name: float(value) for name, value in (t.split() for t in line.split("; terms: ")[1].split(", "))}
+    assert sorted(terms) == ["fam", "ftm", "mlm", "vtm"]
+    weighted = 0.05 * terms["fam"] + 0.45 * terms["vtm"] + 0.45 * terms["ftm"] + 0.05 * terms["mlm"]
+    assert abs(total - weighted) <= 1.5e-4  # each printed value is rounded to 4 decimals (5e-5)
     finetune = ["--datatype", "msrvtt", "--data_path", str(bench), "--features_path", str(bench / "videos"), *TINY,
                 *HMMC, "--epochs", "1"]
     assert main_task_retrieval.main(["--do_train", "--output_dir", str(tmp_path / "ft"), "--init_model",

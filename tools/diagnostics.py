@@ -9,51 +9,17 @@
   dimension (Roy & Vetterli 2007). Near 1 when the embeddings differ along one direction only
   (dimensional collapse), near the dimension when they vary isotropically.
 
-Both are computed in float64 and need no N x N matrix. Neither imports the training engine.
+Both are computed in float64 and need no N x N matrix. They live in ``modules/metrics.py``: every
+retrieval evaluation reports them for the video and text features (``features/*`` in metrics.jsonl).
 """
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
-import torch
-from torch import Tensor
+from modules.metrics import effective_rank, mean_pairwise_cosine
 
-from modules.heads.base import normalise
-
-
-def _check(features: Tensor) -> Tensor:
-    if features.ndim != 2 or features.shape[0] < 2:
-        raise ValueError(f"features must be a (rows, dim) matrix with at least 2 rows, got shape {tuple(features.shape)}")
-    features = features.detach().to("cpu", torch.float64)
-    if not bool(torch.isfinite(features).all()):
-        raise ValueError("features contain NaN or infinite values")
-    return features
-
-
-def mean_pairwise_cosine(features: Tensor) -> float:
-    """Mean of cos(x_i, x_j) over the N(N-1) ordered pairs i != j (the off-diagonal mean of the cosine
-    matrix), from the sum of the unit rows: sum_{i != j} u_i.u_j = |sum_i u_i|^2 - sum_i |u_i|^2. A zero
-    row counts as cosine 0 with every other row."""
-    units = normalise(_check(features))
-    n = units.shape[0]
-    total = units.sum(0)
-    return float((total @ total - (units * units).sum()) / (n * (n - 1)))
-
-
-def effective_rank(features: Tensor) -> float:
-    """exp(entropy of the singular values of the centred rows, normalised to sum 1) (Roy & Vetterli,
-    "The effective rank: a measure of effective dimensionality", EUSIPCO 2007). Centring first: a shared
-    offset is no direction the rows vary along. Rows that do not vary at all have effective rank 0."""
-    centred = _check(features)
-    centred = centred - centred.mean(0, keepdim=True)
-    singular = torch.linalg.svdvals(centred)
-    if float(singular.sum()) == 0.0:
-        return 0.0
-    p = singular / singular.sum()
-    p = p[p > 0]
-    return math.exp(float(-(p * p.log()).sum()))
+__all__ = ["effective_rank", "index_report", "main", "mean_pairwise_cosine"]
 
 
 def index_report(index_dir) -> str:
