@@ -151,7 +151,8 @@ def test_recipes_resume_automatically_and_verify_videos_first(tmp_path):
     assert "--resume auto --verify_videos" in result.stdout and "--output_dir ckpts/" in result.stdout
 
 
-@pytest.mark.parametrize("config, method", [("demo_pretrain.yaml", "hmmc"), ("demo_pretrain_simvtp.yaml", "simvtp")])
+@pytest.mark.parametrize("config, method", [("demo_pretrain.yaml", "hmmc"), ("demo_pretrain_t2vlp.yaml", "t2vlp"),
+                                            ("demo_pretrain_simvtp.yaml", "simvtp")])
 def test_pretraining_demo_configs_parse(config, method):
     import main_pretrain
 
@@ -162,4 +163,4 @@ def test_pretraining_demo_configs_parse(config, method):
 def test_pretraining_demo_names_an_unknown_method_in_one_line(tmp_path):
     result = run("demo_pretrain.sh", {"METHOD": "clip4clip"}, tmp_path)
     assert result.returncode == 2
-    assert result.stderr.splitlines() == ["error: METHOD=clip4clip: the pre-training demo runs hmmc or simvtp"]
+    assert result.stderr.splitlines() == ["error: METHOD=clip4clip: the pre-training demo runs hmmc, t2vlp or simvtp"]
