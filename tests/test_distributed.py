@@ -2,6 +2,7 @@
 on the whole batch (the CLIP4Clip family gets this wrong by a factor of the world size)."""
 import argparse
 
+import pytest
 import torch
 
 from engine.distributed import DistEnv
@@ -127,5 +128,12 @@ def test_sharded_evaluation_equals_single_process(tmp_path):
     single = evaluate_split(make_model(), SyntheticSplit(), eval_args(), DistEnv()).metrics
     run_on_ranks(_eval_work, tmp_path)
     sharded = torch.load(tmp_path / "metrics.pt", weights_only=True)
-    assert sharded == single
+    assert sharded.keys() == single.keys()
+    assert {k: v for k, v in sharded.items() if not k.startswith("features/")} == \
+        {k: v for k, v in single.items() if not k.startswith("features/")}
+    # The feature-spread check reads the float32 features, which 2 ranks encode in other batches (each batch's
+    # text cut to its longest caption): equal up to float32 rounding (~1e-7 relative per operation of a 2-block
+    # model, observed 3e-8), not bit for bit; 1e-4 leaves a margin of 100x over any BLAS or thread count.
+    for key in (k for k in single if k.startswith("features/")):
+        assert sharded[key] == pytest.approx(single[key], rel=1e-4), key
     assert single["num_captions"] == 9 and single["num_videos"] == 5
