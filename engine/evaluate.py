@@ -267,7 +267,6 @@ def choose_qb_norm_params(model, val: EncodedSplit, bank: Features, args) -> tup
                             args.qb_norm_topk, args.qb_norm_min_hits, args.eval_tile_elements)
 
 
-@torch.no_grad()
 def feature_spread_metrics(encoded: EncodedSplit) -> tuple[dict[str, float], str | None]:
     """Feature-collapse check of every evaluation: mean pairwise cosine and effective rank of the video and
     the text embeddings (a head's first feature tensor, when it holds one vector per item). Near-1 cosine or
@@ -285,6 +284,7 @@ def feature_spread_metrics(encoded: EncodedSplit) -> tuple[dict[str, float], str
     return results, ("features: " + "; ".join(parts)) if parts else None
 
 
+@torch.no_grad()
 def evaluate_encoded(model, encoded: EncodedSplit, args, *, bank: Features | None = None,
                      qb_norm_params: tuple[float, int] | None = None, split: str = "test",
                      dataset=None, rerank=None) -> EvalResult:

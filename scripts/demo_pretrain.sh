@@ -64,14 +64,12 @@ trap 'pkill -P $scratch 2>/dev/null; kill $scratch 2>/dev/null' EXIT
 echo "from-scratch fine-tuning runs in the background (learning rates ${SCRATCH_LRS:-1e-3}; output in $OUTPUT_DIR/scratch_lr*)"
 # 4. Pre-training, zero-shot on the test split after every epoch (T2VLP: stage 1, then stage 2 trains the fusion
 # encoder on the frozen stage-1 model).
-"$PYTHON" "$ROOT/main_pretrain.py" --config "$ROOT/configs/$config" --train_shards "$CORPUS_DIR/shards" \
-  --seed "$SEED" --eval_datatype msrvtt --eval_data_path "$DATA_DIR" --eval_features_path "$DATA_DIR/videos" \
-  --output_dir "$OUTPUT_DIR/pretrain" "$@"
+pretrain=("$PYTHON" "$ROOT/main_pretrain.py" --config "$ROOT/configs/$config" --train_shards "$CORPUS_DIR/shards"
+          --seed "$SEED" --eval_datatype msrvtt --eval_data_path "$DATA_DIR" --eval_features_path "$DATA_DIR/videos")
+"${pretrain[@]}" --output_dir "$OUTPUT_DIR/pretrain" "$@"
 pretrained="$OUTPUT_DIR/pretrain/model_final.pt"
 if [ "$METHOD" = t2vlp ]; then
-  "$PYTHON" "$ROOT/main_pretrain.py" --config "$ROOT/configs/$config" --train_shards "$CORPUS_DIR/shards" \
-    --seed "$SEED" --eval_datatype msrvtt --eval_data_path "$DATA_DIR" --eval_features_path "$DATA_DIR/videos" "$@" \
-    --t2vlp_stage 2 --freeze_backbone --epochs "${STAGE2_EPOCHS:-2}" --init_model "$pretrained" \
+  "${pretrain[@]}" "$@" --t2vlp_stage 2 --freeze_backbone --epochs "${STAGE2_EPOCHS:-2}" --init_model "$pretrained" \
     --output_dir "$OUTPUT_DIR/pretrain_stage2" --no_eval_each_epoch
   pretrained="$OUTPUT_DIR/pretrain_stage2/model_final.pt"
 fi

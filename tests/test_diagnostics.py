@@ -163,7 +163,7 @@ def test_every_evaluation_reports_the_spread_of_both_towers():
     basis = torch.eye(16)[:2]
     video = torch.cat([basis, -basis]) * 0.01 + torch.full((16,), 1.0)
     text = torch.randn(4, 16, generator=torch.Generator().manual_seed(1))
-    encoded = EncodedSplit(text=(text, torch.zeros(4, 3)), video=video, caption_to_video=torch.arange(4), num_videos=4)
+    encoded = EncodedSplit(text=(text, torch.randn(4, 3)), video=video, caption_to_video=torch.arange(4), num_videos=4)
     spread, note = feature_spread_metrics(encoded)
     assert spread["features/video_effective_rank"] == pytest.approx(2.0, rel=1e-6)  # float32 rows
     assert spread["features/video_cosine"] == pytest.approx(mean_pairwise_cosine(video), abs=EXACT)
